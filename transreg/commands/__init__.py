@@ -1,0 +1,1 @@
+"""Subcommands of the ``transreg`` command line, one module each."""

@@ -1,0 +1,75 @@
+"""CNN decoder with skip connections (TransMorph style), 2-D and 3-D."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import ConvNormAct, avg_pool_nd, linear_mode
+
+__all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
+
+
+class UpBlock(nn.Module):
+    """×2 (bi/tri)linear upsampling → concat skip → two :class:`ConvNormAct`.
+
+    ``(B, in_ch, *S)`` (+ skip ``(B, skip_ch, *2S)``) → ``(B, out_ch, *2S)``.
+    """
+
+    def __init__(self, ndim: int, in_ch: int, out_ch: int, skip_ch: int = 0):
+        super().__init__()
+        self.mode = linear_mode(ndim)
+        self.conv1 = ConvNormAct(ndim, in_ch + skip_ch, out_ch)
+        self.conv2 = ConvNormAct(ndim, out_ch, out_ch)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class SkipDecoder(nn.Module):
+    """A chain of :class:`UpBlock`; block ``i`` takes skip ``i`` (``None`` = no skip).
+
+    ``channels[i]`` is block ``i``'s output width, ``skip_channels[i]`` its skip's width
+    (0: no skip). The output has ``channels[-1]`` channels at ``2^len(channels)`` × the
+    input resolution.
+    """
+
+    def __init__(self, ndim: int, in_ch: int, channels: Sequence[int], skip_channels: Sequence[int]):
+        super().__init__()
+        if len(channels) != len(skip_channels):
+            raise ValueError("channels and skip_channels need the same length")
+        widths = [in_ch, *channels]
+        self.blocks = nn.ModuleList(
+            UpBlock(ndim, widths[i], widths[i + 1], skip_channels[i]) for i in range(len(channels))
+        )
+        self.feature_info = [{"num_chs": c, "module": f"blocks.{i}"} for i, c in enumerate(channels)]
+
+    def forward(self, x: Tensor, skips: Sequence[Tensor | None]) -> Tensor:
+        for block, skip in zip(self.blocks, skips):
+            x = block(x, skip)
+        return x
+
+
+class InputConvSkips(nn.Module):
+    """TransMorph's convolutional skips from the input pair.
+
+    ``half_res``: :class:`ConvNormAct` on the 3/2/1 average-pooled input (stride 2);
+    ``full_res`` (optional): on the input itself (stride 1). Returns ``[half, full]``.
+    """
+
+    def __init__(self, ndim: int, in_ch: int, half_ch: int, full_ch: int | None):
+        super().__init__()
+        self.pool = avg_pool_nd(ndim)(3, stride=2, padding=1)
+        self.half_res = ConvNormAct(ndim, in_ch, half_ch)
+        self.full_res = ConvNormAct(ndim, in_ch, full_ch) if full_ch else None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        skips = [self.half_res(self.pool(x))]
+        if self.full_res is not None:
+            skips.append(self.full_res(x))
+        return skips

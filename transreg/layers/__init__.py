@@ -1,0 +1,24 @@
+"""Shared building blocks (2-D and 3-D)."""
+from .attention import WindowAttention
+from .conv import ConvAct, ConvNormAct, avg_pool_nd, conv_nd, instance_norm_nd, linear_mode
+from .patch import PatchEmbed, PatchMerging
+from .pos_embed import resize_pos_embed, sinusoidal_pos_embed
+from .windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
+
+__all__ = [
+    "WindowAttention",
+    "ConvAct",
+    "ConvNormAct",
+    "avg_pool_nd",
+    "conv_nd",
+    "instance_norm_nd",
+    "linear_mode",
+    "PatchEmbed",
+    "PatchMerging",
+    "resize_pos_embed",
+    "sinusoidal_pos_embed",
+    "relative_position_index",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]

@@ -1,0 +1,55 @@
+"""Dimension-generic convolution blocks and layer factories (2-D and 3-D)."""
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["conv_nd", "instance_norm_nd", "avg_pool_nd", "linear_mode", "ConvNormAct", "ConvAct"]
+
+
+def _pick(ndim: int, two: type, three: type) -> type:
+    if ndim == 2:
+        return two
+    if ndim == 3:
+        return three
+    raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+
+
+def conv_nd(ndim: int) -> type[nn.Module]:
+    return _pick(ndim, nn.Conv2d, nn.Conv3d)
+
+
+def instance_norm_nd(ndim: int) -> type[nn.Module]:
+    return _pick(ndim, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def avg_pool_nd(ndim: int) -> type[nn.Module]:
+    return _pick(ndim, nn.AvgPool2d, nn.AvgPool3d)
+
+
+def linear_mode(ndim: int) -> str:
+    """The ``interpolate`` mode for (bi/tri)linear interpolation in ``ndim`` dims."""
+    return _pick(ndim, "bilinear", "trilinear")  # type: ignore[arg-type]
+
+
+class ConvNormAct(nn.Sequential):
+    """3×3 convolution (no bias) → InstanceNorm (no affine) → LeakyReLU(0.01).
+
+    The TransMorph decoder unit. ``(B, in_ch, *S)`` → ``(B, out_ch, *S / stride)``.
+    """
+
+    def __init__(self, ndim: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__(
+            conv_nd(ndim)(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            instance_norm_nd(ndim)(out_ch),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class ConvAct(nn.Sequential):
+    """Convolution (with bias) → LeakyReLU(slope): the VoxelMorph unit."""
+
+    def __init__(self, ndim: int, in_ch: int, out_ch: int, stride: int = 1, slope: float = 0.2):
+        super().__init__(
+            conv_nd(ndim)(in_ch, out_ch, 3, stride=stride, padding=1),
+            nn.LeakyReLU(slope, inplace=True),
+        )

@@ -1,0 +1,83 @@
+"""What every registration network shares: the call convention and any-size support."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..spatial import warp
+
+__all__ = ["RegistrationOutput", "RegistrationModel", "InputError"]
+
+
+class InputError(ValueError):
+    """Raised for inputs a model cannot register (shapes, dimensions, NaN)."""
+
+
+@dataclass
+class RegistrationOutput:
+    """``flow`` ``(B, ndim, *S)``: displacement in voxels on the fixed grid;
+    ``warped`` ``(B, C, *S)``: moving resampled onto the fixed grid;
+    ``velocity``: the stationary velocity (diffeomorphic models), on its own grid."""
+
+    flow: Tensor
+    warped: Tensor
+    velocity: Tensor | None = None
+
+
+class RegistrationModel(nn.Module):
+    """Base class: ``model(moving, fixed) -> RegistrationOutput``.
+
+    Subclasses set ``ndim``, ``size_divisor`` and implement :meth:`predict`, which maps
+    the network input ``cat([moving, fixed], 1)`` ``(B, 2C, *P)`` (``P`` divisible by
+    ``size_divisor``) to ``(flow (B, ndim, *P), velocity or None)``. Inputs of any size
+    are zero-padded at the end of each axis to ``P`` and the outputs cropped back.
+    """
+
+    ndim: int
+    size_divisor: int
+    in_channels: int = 1
+
+    def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in the encoder (models without support ignore it)."""
+        encoder = getattr(self, "encoder", None)
+        if encoder is not None and hasattr(encoder, "set_grad_checkpointing"):
+            encoder.set_grad_checkpointing(enable)
+
+    def _check_inputs(self, moving: Tensor, fixed: Tensor) -> None:
+        expected = self.ndim + 2
+        for name, t in (("moving", moving), ("fixed", fixed)):
+            if t.dim() != expected:
+                raise InputError(
+                    f"{name} must have shape (B, {self.in_channels}, *spatial) with {self.ndim} spatial "
+                    f"dims for this {self.ndim}-D model, got shape {tuple(t.shape)}"
+                )
+            if t.shape[1] != self.in_channels:
+                raise InputError(f"{name} must have {self.in_channels} channel(s), got {t.shape[1]}")
+        if moving.shape != fixed.shape:
+            raise InputError(
+                f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape "
+                "(resample them onto one grid first, e.g. with transreg.preprocess)"
+            )
+
+    def forward(self, moving: Tensor, fixed: Tensor) -> RegistrationOutput:
+        self._check_inputs(moving, fixed)
+        spatial = moving.shape[2:]
+        x = torch.cat([moving, fixed], dim=1)
+        pad = []
+        for s in reversed(spatial):
+            pad += [0, (-s) % self.size_divisor]
+        if any(pad):
+            x = F.pad(x, pad)
+        flow, velocity = self.predict(x)
+        if any(pad):
+            flow = flow[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+            if velocity is not None:
+                stride = x.shape[2] // velocity.shape[2]
+                velocity = velocity[(slice(None), slice(None), *(slice(0, -(-s // stride)) for s in spatial))]
+        return RegistrationOutput(flow=flow, warped=warp(moving, flow), velocity=velocity)
