@@ -160,7 +160,8 @@ class SwinEncoder(nn.Module):
         elif pos_embed not in (None, "sinusoidal"):
             raise ValueError(f"pos_embed must be None, 'learned' or 'sinusoidal', got {pos_embed!r}")
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth rule
         self.stages = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.feature_info = []

@@ -1,0 +1,196 @@
+"""Speed and memory of every registry architecture: inference and one training step.
+
+Each measurement runs in a fresh subprocess so that its peak resident memory (which
+includes ~0.5 GiB for importing torch, as in the issue's reference table) is its own.
+The machine's limit is measured by the same script (a large conv3d and a matmul), and
+every row reports the achieved GFLOP/s and its fraction of that limit.
+
+    python evaluate/bench_speed.py                       # all architectures at 96×112×96
+    python evaluate/bench_speed.py --sizes 96,112,96 160,192,224 --models transmorph voxelmorph2
+    python evaluate/bench_speed.py --out evaluate/results/speed.md
+
+Run it on an idle machine: timings of a busy machine are meaningless.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_limit(device: str, precision: str) -> float:
+    """Achieved GFLOP/s of a large 3-D convolution and a large matmul (the better one)."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x = torch.randn(1, 32, 64, 64, 64, device=device, dtype=dtype)
+    w = torch.randn(32, 32, 3, 3, 3, device=device, dtype=dtype)
+    conv_flops = 2 * 32 * 32 * 27 * 64**3
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    mm_flops = 2 * 2048**3
+    with torch.inference_mode():
+        t_conv = statistics.median(_timed(lambda: F.conv3d(x, w, padding=1), device, 2, 5))
+        t_mm = statistics.median(_timed(lambda: a @ a, device, 2, 5))
+    return max(conv_flops / t_conv, mm_flops / t_mm) / 1e9
+
+
+def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, device: str,
+                warmup: int, repeats: int) -> dict:
+    """Median time, FLOPs and peak memory of one (architecture, size, mode, precision)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import transreg
+    from transreg.losses import NCC, Diffusion
+
+    torch.manual_seed(0)
+    model = transreg.create_model(arch, ndim=len(size)).to(device)
+    moving = torch.rand(1, 1, *size, device=device)
+    fixed = torch.rand(1, 1, *size, device=device)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    if mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                return model(moving, fixed).flow
+    else:
+        model.train()
+        similarity, regulariser = NCC(window=9), Diffusion()
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            optimiser.zero_grad(set_to_none=True)
+            with autocast:
+                out = model(moving, fixed)
+                loss = similarity(out.warped, fixed) + regulariser(out.flow)
+            loss.backward()
+            optimiser.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = _timed(step, device, warmup, repeats)
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "arch": arch, "size": "×".join(map(str, size)), "mode": mode, "precision": precision,
+        "params": sum(p.numel() for p in model.parameters()), "gflop": flops / 1e9,
+        "seconds": statistics.median(times), "peak_gib": peak / 2**30,
+    }
+
+
+def _run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", help="architectures (default: all registered)")
+    parser.add_argument("--sizes", nargs="*", default=["96,112,96"], help="spatial sizes, comma-separated")
+    parser.add_argument("--modes", nargs="*", default=["inference", "train"], choices=["inference", "train"])
+    parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "speed.md")
+    parser.add_argument("--child", nargs=4, metavar=("ARCH", "SIZE", "MODE", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        arch, size, mode, precision = args.child
+        result = measure_one(arch, tuple(int(s) for s in size.split(",")), mode, precision,
+                             args.device, args.warmup, args.repeats)
+        print(json.dumps(result))
+        return
+
+    import transreg
+
+    models = args.models or transreg.list_models()
+    common = ["--device", args.device, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    limits = {p: measure_limit(args.device, p) for p in args.precisions}
+    rows = []
+    for arch in models:
+        for size in args.sizes:
+            for mode in args.modes:
+                for precision in args.precisions:
+                    result = _run_child([*common, "--child", arch, size, mode, precision])
+                    result.update(arch=arch, size=size.replace(",", "×"), mode=mode, precision=precision)
+                    rows.append(result)
+                    print(json.dumps(result), flush=True)
+
+    header = ("| architecture | size | mode | precision | params | GFLOP | time (s) | peak mem (GiB) "
+              "| GFLOP/s | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | error: {r['error']} |||||||")
+            continue
+        rate = r["gflop"] / r["seconds"]
+        lines.append(
+            f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | {r['params']:,} | {r['gflop']:.1f} "
+            f"| {r['seconds']:.3f} | {r['peak_gib']:.2f} | {rate:.1f} | {rate / limits[r['precision']]:.0%} |"
+        )
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
+    text = "\n".join([
+        "# Speed and memory of the registry architectures", "",
+        f"- command: `python evaluate/bench_speed.py {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine}; threads {args.threads or torch.get_num_threads()}",
+        f"- date: {datetime.date.today().isoformat()}",
+        "- limit (measured here, large conv3d / matmul): "
+        + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in limits.items()),
+        "- time: median of the repeats after warm-up, batch 1; train = forward + NCC(9) + diffusion + backward + Adam step;"
+        " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
+        " peak allocated on CUDA; GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
+        header, *lines, "",
+    ])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
