@@ -1,7 +1,7 @@
 """CNN decoder with skip connections (TransMorph style), 2-D and 3-D."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +12,23 @@ from ..layers import ConvNormAct, avg_pool_nd, linear_mode
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
 
 
-class UpBlock(nn.Module):
-    """×2 (bi/tri)linear upsampling → concat skip → two :class:`ConvNormAct`.
+ConvUnit = Callable[[int, int, int], nn.Module]
+"""``unit(ndim, in_ch, out_ch)``: a 3×3 convolution block that keeps the spatial size."""
 
-    ``(B, in_ch, *S)`` (+ skip ``(B, skip_ch, *2S)``) → ``(B, out_ch, *2S)``.
+
+class UpBlock(nn.Module):
+    """×2 (bi/tri)linear upsampling → concat skip → two conv units.
+
+    ``(B, in_ch, *S)`` (+ skip ``(B, skip_ch, *2S)``) → ``(B, out_ch, *2S)``. The unit is
+    :class:`ConvNormAct` (TransMorph) unless another one is given (ViT-V-Net: conv →
+    BatchNorm → ReLU).
     """
 
-    def __init__(self, ndim: int, in_ch: int, out_ch: int, skip_ch: int = 0):
+    def __init__(self, ndim: int, in_ch: int, out_ch: int, skip_ch: int = 0, unit: ConvUnit = ConvNormAct):
         super().__init__()
         self.mode = linear_mode(ndim)
-        self.conv1 = ConvNormAct(ndim, in_ch + skip_ch, out_ch)
-        self.conv2 = ConvNormAct(ndim, out_ch, out_ch)
+        self.conv1 = unit(ndim, in_ch + skip_ch, out_ch)
+        self.conv2 = unit(ndim, out_ch, out_ch)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
@@ -35,17 +41,18 @@ class SkipDecoder(nn.Module):
     """A chain of :class:`UpBlock`; block ``i`` takes skip ``i`` (``None`` = no skip).
 
     ``channels[i]`` is block ``i``'s output width, ``skip_channels[i]`` its skip's width
-    (0: no skip). The output has ``channels[-1]`` channels at ``2^len(channels)`` × the
-    input resolution.
+    (0: no skip), ``unit`` the conv block of every :class:`UpBlock`. The output has
+    ``channels[-1]`` channels at ``2^len(channels)`` × the input resolution.
     """
 
-    def __init__(self, ndim: int, in_ch: int, channels: Sequence[int], skip_channels: Sequence[int]):
+    def __init__(self, ndim: int, in_ch: int, channels: Sequence[int], skip_channels: Sequence[int],
+                 unit: ConvUnit = ConvNormAct):
         super().__init__()
         if len(channels) != len(skip_channels):
             raise ValueError("channels and skip_channels need the same length")
         widths = [in_ch, *channels]
         self.blocks = nn.ModuleList(
-            UpBlock(ndim, widths[i], widths[i + 1], skip_channels[i]) for i in range(len(channels))
+            UpBlock(ndim, widths[i], widths[i + 1], skip_channels[i], unit) for i in range(len(channels))
         )
         self.feature_info = [{"num_chs": c, "module": f"blocks.{i}"} for i, c in enumerate(channels)]
 

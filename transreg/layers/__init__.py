@@ -1,6 +1,15 @@
 """Shared building blocks (2-D and 3-D)."""
 from .attention import WindowAttention
-from .conv import ConvAct, ConvNormAct, avg_pool_nd, conv_nd, instance_norm_nd, linear_mode
+from .conv import (
+    ConvAct,
+    ConvNormAct,
+    avg_pool_nd,
+    batch_norm_nd,
+    conv_nd,
+    instance_norm_nd,
+    linear_mode,
+    max_pool_nd,
+)
 from .patch import PatchEmbed, PatchMerging
 from .pos_embed import resize_pos_embed, sinusoidal_pos_embed
 from .windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
@@ -10,6 +19,8 @@ __all__ = [
     "ConvAct",
     "ConvNormAct",
     "avg_pool_nd",
+    "batch_norm_nd",
+    "max_pool_nd",
     "conv_nd",
     "instance_norm_nd",
     "linear_mode",

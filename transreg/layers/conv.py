@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["conv_nd", "instance_norm_nd", "avg_pool_nd", "linear_mode", "ConvNormAct", "ConvAct"]
+__all__ = [
+    "conv_nd",
+    "instance_norm_nd",
+    "batch_norm_nd",
+    "avg_pool_nd",
+    "max_pool_nd",
+    "linear_mode",
+    "ConvNormAct",
+    "ConvAct",
+]
 
 
 def _pick(ndim: int, two: type, three: type) -> type:
@@ -22,8 +31,16 @@ def instance_norm_nd(ndim: int) -> type[nn.Module]:
     return _pick(ndim, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
+def batch_norm_nd(ndim: int) -> type[nn.Module]:
+    return _pick(ndim, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def avg_pool_nd(ndim: int) -> type[nn.Module]:
     return _pick(ndim, nn.AvgPool2d, nn.AvgPool3d)
+
+
+def max_pool_nd(ndim: int) -> type[nn.Module]:
+    return _pick(ndim, nn.MaxPool2d, nn.MaxPool3d)
 
 
 def linear_mode(ndim: int) -> str:

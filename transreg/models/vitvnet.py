@@ -1,0 +1,81 @@
+"""ViT-V-Net (Chen et al., 2021): hybrid ViT encoder + CNN decoder, 2-D and 3-D.
+
+Defaults are the configuration of the TransMorph paper's baseline (input 160×192×224,
+hidden 252, 12 layers of 12 heads, MLP 3072, patch 8 on the ¼-resolution stem map;
+31,560,079 parameters in 3-D). Any input size works: it is padded to a multiple of 32
+and the position embedding is resized to the token grid.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from ..decoders import FlowHead, ViTVNetDecoder
+from ..encoders import ViTEncoder
+from ..registry import register_model
+from .base import RegistrationModel
+
+__all__ = ["ViTVNet"]
+
+_DEFAULT_SIZE = {2: (160, 192), 3: (160, 192, 224)}
+
+
+class ViTVNet(RegistrationModel):
+    """Hybrid ViT → ``conv_more`` → ×2 up-blocks with stem skips → flow head.
+
+    Decoder block ``i`` (``i < n_skip``) takes the stem feature at its resolution;
+    ``len(decoder_channels)`` blocks must bring the token map back to full resolution.
+    """
+
+    def __init__(
+        self,
+        ndim: int = 3,
+        in_channels: int = 1,
+        img_size: Sequence[int] | None = None,
+        stem_channels: Sequence[int] = (16, 32, 32),
+        extra_pools: int = 2,
+        patch_size: int = 8,
+        hidden_size: int = 252,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        drop_rate: float = 0.1,
+        attn_drop_rate: float = 0.0,
+        head_channels: int = 512,
+        decoder_channels: Sequence[int] = (96, 48, 32, 32, 16),
+        n_skip: int = 5,
+    ):
+        super().__init__()
+        self.ndim = ndim
+        self.in_channels = in_channels
+        self.encoder = ViTEncoder(
+            ndim, 2 * in_channels, tuple(img_size or _DEFAULT_SIZE[ndim]), stem_channels, extra_pools,
+            patch_size, hidden_size, depth, num_heads, mlp_dim, drop_rate, attn_drop_rate,
+        )
+        self.size_divisor = self.encoder.size_divisor
+        if 2 ** len(decoder_channels) != self.size_divisor:
+            raise ValueError(
+                f"{len(decoder_channels)} decoder blocks upsample by {2 ** len(decoder_channels)}, but the "
+                f"tokens are at 1/{self.size_divisor} resolution"
+            )
+        by_stride = {f["reduction"]: i for i, f in enumerate(self.encoder.feature_info[:-1])}
+        self.skip_index: list[int | None] = [
+            by_stride.get(self.size_divisor >> (i + 1)) if i < n_skip else None for i in range(len(decoder_channels))
+        ]
+        skip_channels = [
+            0 if j is None else self.encoder.feature_info[j]["num_chs"] for j in self.skip_index
+        ]
+        self.decoder = ViTVNetDecoder(ndim, hidden_size, head_channels, decoder_channels, skip_channels)
+        self.head = FlowHead(ndim, decoder_channels[-1])
+
+    def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        features = self.encoder(x)
+        skips = [None if j is None else features[j] for j in self.skip_index]
+        return self.head(self.decoder(features[-1], skips)), None
+
+
+@register_model
+def vitvnet(**kwargs: Any) -> ViTVNet:
+    """ViT-V-Net: hidden 252, 12 layers, 12 heads, MLP 3072, patch 8 (31.6 M parameters in 3-D)."""
+    return ViTVNet(**kwargs)
