@@ -63,10 +63,8 @@ class ViTVNet(RegistrationModel):
         self.skip_index: list[int | None] = [
             by_stride.get(self.size_divisor >> (i + 1)) if i < n_skip else None for i in range(len(decoder_channels))
         ]
-        skip_channels = [
-            0 if j is None else self.encoder.feature_info[j]["num_chs"] for j in self.skip_index
-        ]
-        self.decoder = ViTVNetDecoder(ndim, hidden_size, head_channels, decoder_channels, skip_channels)
+        self.skip_channels = [0 if j is None else self.encoder.feature_info[j]["num_chs"] for j in self.skip_index]
+        self.decoder = ViTVNetDecoder(ndim, hidden_size, head_channels, decoder_channels, self.skip_channels)
         self.head = FlowHead(ndim, decoder_channels[-1])
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
