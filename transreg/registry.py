@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,6 +48,17 @@ class PretrainedTag:
     sha256: str
     local_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("version", self.version, r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", "vMAJOR.MINOR.PATCH"),
+            ("revision", self.revision, r"[0-9a-f]{40}", "a 40-hex commit sha"),
+            ("sha256", self.sha256, r"[0-9a-f]{64}", "a 64-hex sha256"),
+            ("hf_hub_id", self.hf_hub_id, r"[\w.-]+/[\w.-]+", "ORG/NAME"),
+        )
+        for what, value, pattern, form in checks:
+            if not isinstance(value, str) or re.fullmatch(pattern, value) is None:
+                raise ValueError(f"pretrained tag {self.arch}.{self.tag}: {what} {value!r} is not {form}")
 
     @property
     def name(self) -> str:
@@ -148,4 +160,4 @@ def build_architecture(arch: str, **model_args: Any) -> nn.Module:
 
 
 def _ensure_models_imported() -> None:
-    from . import models  # noqa: F401  (registers the entrypoints on import)
+    from . import models, zoo  # noqa: F401  (register the entrypoints and the zoo's tags on import)

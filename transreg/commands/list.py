@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import create_model, list_models
+from ..registry import create_model, get_pretrained_tag, list_models
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"no {'checkpoints' if args.pretrained else 'architectures'} match {args.pattern!r}")
         return 1
     width = max(len(n) for n in names)
+    if args.pretrained:
+        print(f"{'name':<{width}}  {'version':<8}  source")
+        for name in names:
+            tag = get_pretrained_tag(name)
+            where = "bundled, " if tag.local_path else ""
+            print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} ({tag.revision[:12]})")
+        return 0
     print(f"{'name':<{width}}  {'params (' + str(args.ndim) + '-D)':>16}")
     for name in names:
         arch = name.split(".")[0]
