@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("list",)
+COMMANDS = ("list", "info", "pull", "push")
 
 
 class CommandError(Exception):
