@@ -160,10 +160,11 @@ def local_ncc_map(a: Tensor, b: Tensor, window: int = 9, eps: float = 1e-5) -> T
         a, b = a.float(), b.float()
         stats = _box_mean(torch.cat([a, b, a * a, b * b, a * b], dim=1), window)
         mean_a, mean_b, mean_aa, mean_bb, mean_ab = stats.chunk(5, dim=1)
-        cross = n * (mean_ab - mean_a * mean_b)
-        var_a = n * (mean_aa - mean_a * mean_a)
-        var_b = n * (mean_bb - mean_b * mean_b)
-        return cross * cross / (var_a * var_b + eps)
+        # with window means, cross = N·c and var = N·v, so cc = c² / (v_a·v_b + eps / N²)
+        cross = mean_ab - mean_a * mean_b
+        var_a = mean_aa - mean_a * mean_a
+        var_b = mean_bb - mean_b * mean_b
+        return cross * cross / (var_a * var_b + eps / (n * n))
 
 
 def ncc(a: Tensor, b: Tensor, window: int = 9, eps: float = 1e-5) -> Tensor:
