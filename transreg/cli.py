@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("list", "info", "pull", "push")
+COMMANDS = ("list", "convert", "info", "pull", "push", "train", "finetune")
 
 
 class CommandError(Exception):

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .registry import build_architecture
 
 __all__ = ["KINDS", "ConversionError", "read_checkpoint", "read_config", "model_args", "convert_state_dict",
-           "from_original"]
+           "from_original", "convert"]
 
 KINDS = ("transmorph", "transmorph_diff", "vitvnet", "voxelmorph1", "voxelmorph2")
 _MAX_NAMED = 8
@@ -482,3 +482,31 @@ def from_original(
             )
     model.load_state_dict(converted, strict=True)
     return model.eval()
+
+
+def convert(
+    kind: str,
+    checkpoint_path: str | os.PathLike[str],
+    config: str | os.PathLike[str] | Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+) -> Path:
+    """:func:`from_original`, then write a transreg checkpoint folder (``config.json``,
+    ``model.safetensors``, ``README.md``) that ``create_model("local-dir:OUT", pretrained=True)``
+    loads. Nothing is written unless the conversion succeeds; a non-empty ``out_dir`` is
+    only replaced with ``overwrite``. Returns the folder.
+    """
+    from . import cards
+    from .checkpoint import save_pretrained, sha256_file
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise ConversionError(f"{out} exists and is not an empty folder: choose another -o or pass --overwrite")
+    model = from_original(kind, checkpoint_path, config)
+    summary = (
+        f"Weights of the original {kind} implementation, converted with `transreg convert --from {kind}` from "
+        f"`{Path(checkpoint_path).name}` (sha256 `{sha256_file(checkpoint_path)}`). The converted model "
+        "reproduces the original network's displacement and warped image."
+    )
+    card = cards.card_from_config({"architecture": model.architecture}, summary=summary)
+    return save_pretrained(model, out, card=card)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import math
+
 from torch import Tensor
 
 from ..decoders import FlowHead, ViTVNetDecoder
 from ..encoders import ViTEncoder
 from ..registry import register_model
-from .base import RegistrationModel
+from .base import InputError, RegistrationModel
 
 __all__ = ["ViTVNet"]
 
@@ -68,6 +70,13 @@ class ViTVNet(RegistrationModel):
         self.head = FlowHead(ndim, decoder_channels[-1])
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        tokens = x.shape[0] * math.prod(s // self.size_divisor for s in x.shape[2:])
+        if self.training and tokens < 2:
+            raise InputError(
+                f"ViT-V-Net's BatchNorm needs more than one token per channel in training, but a batch of "
+                f"{x.shape[0]} at {tuple(x.shape[2:])} (padded) gives {tokens}: use a batch of 2 or more, or "
+                f"images larger than {self.size_divisor} voxels along some axis"
+            )
         features = self.encoder(x)
         skips = [None if j is None else features[j] for j in self.skip_index]
         return self.head(self.decoder(features[-1], skips)), None
