@@ -1,0 +1,127 @@
+"""Training data: NIfTI pairs (folder / CSV, inter-subject or atlas) and synthetic pairs.
+
+Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the command line):
+
+- ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
+- ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
+- a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
+- a ``.csv`` file listing images (``image[,labels]``) or pairs (``moving,fixed[,...]``).
+
+:func:`build_datasets` turns a :class:`~transreg.config.DataConfig` into a training
+dataset (items ``{"moving", "fixed"[, "moving_labels", "fixed_labels"]}``, each
+``(1, *S)``) and an optional validation dataset.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .augment import augment_pair, random_affine
+from .nifti import PairDataset, Subject, find_subjects, load_subjects, read_csv
+from .sampler import StepBatchSampler
+from .synthetic import DataError, LabelMapPairs, ShapesPairs
+
+__all__ = [
+    "DataError",
+    "ShapesPairs",
+    "LabelMapPairs",
+    "PairDataset",
+    "StepBatchSampler",
+    "augment_pair",
+    "random_affine",
+    "build_datasets",
+    "build_source",
+]
+
+VAL_SEED_OFFSET = 1_000_003
+
+
+def _augment_args(cfg: Any) -> dict[str, Any]:
+    return {"flip": cfg.flip, "affine_degrees": cfg.affine_degrees, "affine_scale": cfg.affine_scale,
+            "affine_shift": cfg.affine_shift}
+
+
+def _synthetic(spec: str, cfg: Any, seed: int, length: int) -> Dataset:
+    if cfg.size is None:
+        raise DataError(f"data {spec!r} needs data.size (e.g. --size 64 64 or --size 32 32 32)")
+    if spec == "synthetic:shapes":
+        return ShapesPairs(cfg.size, num_labels=cfg.num_labels, length=length, seed=seed,
+                           shared_contrast=cfg.shared_contrast)
+    if spec.startswith("synthetic:labels:"):
+        return LabelMapPairs(spec[len("synthetic:labels:"):], cfg.size, length=length, seed=seed,
+                             shared_contrast=cfg.shared_contrast)
+    raise DataError(f"unknown synthetic data {spec!r}: use synthetic:shapes or synthetic:labels:DIR")
+
+
+def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] | None]:
+    path = Path(spec)
+    if spec.lower().endswith(".csv"):
+        return read_csv(path)
+    if path.is_dir():
+        return find_subjects(path), None
+    if path.exists():
+        raise DataError(f"data {spec!r} is a file but not a .csv: give a folder of NIfTI images or a CSV")
+    raise DataError(f"data {spec!r} does not exist (a folder, a .csv, synthetic:shapes or synthetic:labels:DIR)")
+
+
+def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float = 0.0) -> tuple[Dataset, Dataset | None]:
+    """Dataset of one spec and, if ``holdout`` > 0, a validation dataset of that fraction
+    of its subjects (random-pair and atlas sources only)."""
+    if spec.startswith("synthetic:"):
+        return _synthetic(spec, cfg, seed, length=10_000), None
+    subjects, pairs = _subjects(spec)
+    atlas = None
+    if cfg.pairing == "atlas" and pairs is None:
+        atlas_subject = Subject(Path(cfg.atlas), Path(cfg.atlas_labels) if cfg.atlas_labels else None)
+        atlas = load_subjects([atlas_subject], cfg.spacing, cfg.size)[0]
+    size = cfg.size or (tuple(atlas["image"].shape[1:]) if atlas is not None else None)
+    items = load_subjects(subjects, cfg.spacing, size)
+    index = {s: i for i, s in enumerate(subjects)}
+    aug = _augment_args(cfg) if augment else None
+    if pairs is not None:
+        if holdout:
+            raise DataError("data.val_split needs a subject list; for a CSV of pairs give data.val instead")
+        return PairDataset(items, pairs=[(index[m], index[f]) for m, f in pairs], seed=seed, augment=aug), None
+    if not holdout:
+        return PairDataset(items, atlas=atlas, seed=seed, augment=aug), None
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1 if atlas is not None else 2, round(holdout * len(items)))
+    if len(items) - n_val < (1 if atlas is not None else 2):
+        raise DataError(f"data.val_split {holdout} leaves too few of the {len(items)} subjects for training")
+    val_items = [items[i] for i in order[:n_val]]
+    train_items = [items[i] for i in order[n_val:]]
+    return (PairDataset(train_items, atlas=atlas, seed=seed, augment=aug),
+            PairDataset(val_items, atlas=atlas, seed=seed + VAL_SEED_OFFSET))
+
+
+def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    """``(train, val)`` for a :class:`~transreg.config.DataConfig`.
+
+    Validation pairs (at most ``cfg.val_pairs``, never augmented): ``cfg.val`` if given;
+    else, for synthetic data, held-out samples of the same generator (another seed); else
+    ``cfg.val_split`` of the subjects; else none.
+    """
+    holdout = cfg.val_split if cfg.val is None else 0.0
+    train, val = build_source(cfg.train, cfg, seed, augment=True, holdout=holdout)
+    if cfg.val is not None:
+        val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False)
+        if isinstance(val, (ShapesPairs, LabelMapPairs)):
+            val.length = cfg.val_pairs
+    elif isinstance(train, (ShapesPairs, LabelMapPairs)):
+        val = copy.copy(train)
+        val.seed, val.length = seed + VAL_SEED_OFFSET, cfg.val_pairs
+    if val is not None and len(val) > cfg.val_pairs:
+        val = Subset(val, range(cfg.val_pairs))
+    if val is not None and _num_labels(val) != _num_labels(train):
+        raise DataError(f"the validation data has {_num_labels(val)} label values but the training data "
+                        f"{_num_labels(train)}: use label maps with the same labels")
+    return train, val
+
+
+def _num_labels(dataset: Dataset) -> int | None:
+    inner = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return getattr(inner, "num_labels", None)
