@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -72,18 +73,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist (or is not a file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 229" from garbage bytes
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused is None:  # not an object safe loading refuses: bytes that are no pickle
+            raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint (it cannot be unpickled)") from None
         raise ConversionError(
-            f"{path} holds objects that safe loading (torch.load weights_only=True) refuses: {first}. "
-            "transreg never unpickles arbitrary objects; save just the state dict with torch.save"
+            f"{path} holds Python objects ({refused.group(1)}) that safe loading (torch.load weights_only=True) "
+            "refuses; transreg never unpickles arbitrary objects: save only the state dict with torch.save"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as err:
-        raise ConversionError(
-            f"{path} is corrupted or not a PyTorch checkpoint ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no details'})"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - whatever torch.load raises on damaged bytes
+        detail = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else "no details"
+        raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({type(err).__name__}: {detail})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(state, Mapping) or not state:
         keys = f" with keys {sorted(map(str, obj))[:_MAX_NAMED]}" if isinstance(obj, Mapping) else ""
