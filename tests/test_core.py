@@ -30,6 +30,7 @@ SMALL = {
     "transmorph_small": dict(embed_dim=12),
     "transmorph_tiny": dict(),
     "transmorph_diff": dict(embed_dim=12),
+    "vitvnet": dict(hidden_size=24, depth=2, num_heads=4, mlp_dim=48, head_channels=32, stem_channels=(8, 16, 16)),
 }
 
 
@@ -37,6 +38,8 @@ def small_model(name, ndim):
     args = dict(SMALL.get(name, {}))
     if name.startswith("transmorph"):
         args.update(img_size=(64,) * ndim, window_size=(2,) * ndim)
+    if name == "vitvnet":
+        args.update(img_size=(64,) * ndim)
     return transreg.create_model(name, ndim=ndim, **args)
 
 
@@ -82,7 +85,8 @@ def test_every_model_registers_any_size(name, ndim, size):
 def test_gradients_reach_every_parameter(name, ndim):
     torch.manual_seed(0)
     model = small_model(name, ndim).train()
-    size = (32, 32) if ndim == 2 else (32, 32, 32)
+    # two tokens at stride 32 at least: ViT-V-Net's BatchNorm cannot train on one
+    size = (48, 40) if ndim == 2 else (40, 32, 32)
     moving, fixed = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
     out = model(moving, fixed)
     loss = (out.warped - fixed).pow(2).mean() + out.flow.pow(2).mean()
@@ -93,11 +97,12 @@ def test_gradients_reach_every_parameter(name, ndim):
 
 
 @pytest.mark.parametrize("name", transreg.list_models())
-def test_state_dict_holds_parameters_only(name):
+def test_state_dict_holds_no_grids_or_rebuilt_buffers(name):
     model = small_model(name, 3)
-    keys = set(model.state_dict())
-    assert keys == {n for n, _ in model.named_parameters()}, "buffers (grids, indices) must not be saved"
-    assert not any("grid" in k for k in keys)
+    buffers = set(model.state_dict()) - {n for n, _ in model.named_parameters()}
+    norm_stats = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm state is real state
+    assert all(b.endswith(norm_stats) for b in buffers), f"rebuilt buffers saved: {sorted(buffers)[:5]}"
+    assert not any("grid" in k or "index" in k or "mask" in k for k in model.state_dict())
 
 
 def test_transmorph_ablations_run():
