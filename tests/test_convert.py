@@ -249,3 +249,21 @@ def test_failed_conversion_writes_nothing(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(loaded.predict(x)[0], original_vxm_flow(torch.load(tmp_path / "vxm1.pth"), x, 4, 3),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_learned_absolute_position_embedding_keeps_its_stored_grid(tmp_path):
+    folder = fixture("transmorph_tiny")
+    config = json.loads((folder / "official.json").read_text())["config"]
+    state = torch.load(folder / "checkpoint.pth.tar", weights_only=True)["state_dict"]
+    # the original's TransMorph-Lrn table: (1, C, 224/4, 224/4, 224/4) whatever the training size
+    table = torch.randn(1, config["embed_dim"], 56, 56, 56, generator=torch.Generator().manual_seed(0)) * 0.02
+    state["transformer.absolute_pos_embed"] = table
+    torch.save({"state_dict": state}, tmp_path / "lrn.pth.tar")
+    model = from_original("transmorph", tmp_path / "lrn.pth.tar", {**config, "ape": True})
+    assert model.model_args["pos_embed"] == "learned" and tuple(model.model_args["img_size"]) == (224, 224, 224)
+    torch.testing.assert_close(model.encoder.absolute_pos_embed, table)
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        with_table = model(x, x).flow
+        model.encoder.absolute_pos_embed.zero_()
+        assert (model(x, x).flow - with_table).abs().max() > 1e-4  # the table is used

@@ -22,6 +22,9 @@ Where the original conventions differ, the weights are converted:
   log-variance bias) and the model is built with ``rescale_upsampled=False``.
 * ``vitvnet``: the separate query/key/value projections become one ``qkv`` projection;
   the position embedding ``(1, N, C)`` becomes a ``(1, C, *grid)`` map.
+* ``transmorph`` with ``ape`` (learned absolute position embedding): the table keeps the
+  grid it was stored with (the original sizes it from ``pretrain_img_size``, 224, not
+  from ``img_size``); both implementations resize it trilinearly to the token grid.
 """
 from __future__ import annotations
 
@@ -471,6 +474,11 @@ def from_original(
     flat = read_config(config, kind)
     state = read_checkpoint(checkpoint_path)
     args = model_args(kind, flat)
+    learned = state.get("transformer.absolute_pos_embed")
+    if args.get("pos_embed") == "learned" and learned is not None and learned.dim() == args["ndim"] + 2:
+        # The original sizes this table from SwinTransformer's pretrain_img_size (224 unless the
+        # training script passed another), not from config.img_size: take its grid as stored.
+        args["img_size"] = tuple(int(g) * args["patch_size"] for g in learned.shape[2:])
     try:
         model = build_architecture(kind, **args)
     except (ValueError, TypeError) as err:
