@@ -41,6 +41,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from . import cards
+from .checkpoint import save_pretrained, sha256_file
 from .registry import build_architecture
 
 __all__ = ["KINDS", "ConversionError", "read_checkpoint", "read_config", "model_args", "convert_state_dict",
@@ -507,9 +509,6 @@ def convert(
     loads. Nothing is written unless the conversion succeeds; a non-empty ``out_dir`` is
     only replaced with ``overwrite``. Returns the folder.
     """
-    from . import cards
-    from .checkpoint import save_pretrained, sha256_file
-
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ConversionError(f"{out} exists and is not an empty folder: choose another -o or pass --overwrite")
