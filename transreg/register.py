@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from .affine import affine_align
 from .io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
-from .overlay import save_overlay
 from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, spatial_affine, voxel_map
 from .spatial import warp
 
@@ -159,6 +158,8 @@ class RegistrationResult:
         return {name: out / name for name in written}
 
     def _write(self, folder: Path) -> list[str]:
+        from .overlay import save_overlay  # matplotlib only when writing
+
         affine = self.fixed.affine
         save_image(folder / "warped.nii.gz", self.warped.data, affine)
         names = ["warped.nii.gz"]
