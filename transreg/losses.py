@@ -122,20 +122,26 @@ def _diff(x: Tensor, axis: int, step: float) -> Tensor:
 def _box_mean(x: Tensor, window: int) -> Tensor:
     """Mean over a ``window``-wide box around each voxel, zero padding outside the image.
 
-    Separable: one depthwise 1-D convolution per axis (``window`` taps each), which is
-    exactly the zero-padded ``window**ndim`` box sum divided by its full size.
+    Separable: per axis, the sum of ``window`` shifted views of the zero-padded input
+    (float32 sums of ``window`` terms, like a convolution, but several times faster than
+    a depthwise conv on CPU); exactly the zero-padded ``window**ndim`` box sum divided by
+    its full size.
     """
     ndim = x.dim() - 2
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    channels = x.shape[1]
+    if window == 1:
+        return x
+    r = window // 2
     for axis in range(ndim):
-        kernel_shape = [1] * ndim
-        kernel_shape[axis] = window
-        padding = [0] * ndim
-        padding[axis] = window // 2
-        weight = x.new_full((channels, 1, *kernel_shape), 1.0 / window)
-        x = conv(x, weight, padding=padding, groups=channels)
-    return x
+        dim = axis + 2
+        n = x.shape[dim]
+        pad = [0] * (2 * ndim)
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = r  # F.pad lists the last axis first
+        padded = F.pad(x, pad)
+        total = padded.narrow(dim, 0, n) + padded.narrow(dim, 1, n)
+        for k in range(2, window):
+            total += padded.narrow(dim, k, n)
+        x = total
+    return x / float(window**ndim)
 
 
 def local_ncc_map(a: Tensor, b: Tensor, window: int = 9, eps: float = 1e-5) -> Tensor:
