@@ -328,8 +328,8 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.run_dir = Path(config.run.out)
         self._stop_signal: int | None = None
-        self._stop_requested = False
         self.last_val: dict[str, float] = {}
+        self.step_lr = config.optim.lr
         self.dist, self.device = _init_distributed(config.run.device)
         self.amp = amp_settings(config.run.precision, self.device.type)
         self._check_run_dir()
@@ -400,7 +400,7 @@ class Trainer:
             if Path(source).is_dir():
                 source = f"local-dir:{Path(source).resolve()}"
             return create_model(source, pretrained=True)
-        return create_model(m.name, ndim=self.ndim, **m.args)
+        return create_model(m.name, **{"ndim": self.ndim, **m.args})
 
     def _check_model(self) -> None:
         model_ndim = getattr(self.model, "ndim", None)
@@ -578,13 +578,13 @@ class Trainer:
     def _signal_handler(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
-    def _flags(self, loss: Tensor) -> tuple[bool, bool]:
-        """(non-finite loss on any rank, stop requested on any rank)."""
-        flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0, 1.0 if self._stop_signal else 0.0],
-                             device=self.device)
-        if self.dist.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` OR-ed over all ranks (so that every rank takes the same branch)."""
+        if self.dist.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t[0])
 
     def _train_step(self, batches: Iterator[dict[str, Tensor]]) -> tuple[Tensor, dict[str, float], float | None]:
         accumulate = self.config.optim.accumulate
@@ -599,8 +599,7 @@ class Trainer:
                 with self._autocast():
                     out = self.ddp_model(batch["moving"], batch["fixed"])
                     loss, parts = self.loss(out, batch)
-                bad, self._stop_requested = self._flags(loss)
-                if bad:  # every rank agrees, so none waits in backward's all-reduce
+                if self._any_rank(not bool(torch.isfinite(loss))):  # every rank agrees, so none waits in backward's all-reduce
                     nan = torch.full((), float("nan"), device=self.device)
                     return (loss.detach() if not torch.isfinite(loss) else nan), parts, None
                 self.scaler.scale(loss / accumulate).backward()
@@ -616,6 +615,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.model.parameters() if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -658,7 +658,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             steps_per_s = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
             record: dict[str, Any] = {"step": self.step, "loss": float(loss), **parts,
-                                      "lr": self.scheduler.get_last_lr()[0], "steps_per_s": steps_per_s}
+                                      "lr": self.step_lr, "steps_per_s": steps_per_s}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
             if self.amp.use_scaler:
@@ -672,7 +672,7 @@ class Trainer:
                 log.progress(self.step, float(loss), record["lr"], steps_per_s, val_dice)
             if self.step % run.ckpt_every == 0 and self.step < run.steps:
                 self.save_checkpoint()
-            if self._stop_requested and self.step < run.steps:
+            if self._any_rank(self._stop_signal is not None) and self.step < run.steps:
                 path = self.save_checkpoint()
                 log.message(f"stopped by signal at step {self.step}; checkpoint {path}; continue with --resume")
                 raise KeyboardInterrupt(f"training stopped at step {self.step}; resume from {path}")
