@@ -33,6 +33,9 @@ from transreg.registry import PretrainedTag
 
 from hub_server import HubServer
 
+# huggingface_hub's legacy LFS upload passes data= to httpx2 (its own deprecation, not ours)
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+
 TINY = dict(ndim=2, img_size=(32, 32), window_size=(1, 1))
 PREP = {"modality": "T1w MRI", "spacing": [1.0, 1.0], "orientation": "RA", "size": [32, 32],
         "intensity": "min-max to [0, 1]"}

@@ -45,6 +45,7 @@ __all__ = [
     "sha256_file",
     "verify_sha256",
     "safetensors_bytes",
+    "build_config",
     "save_pretrained",
     "read_config",
     "weights_path",
