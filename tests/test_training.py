@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 import transreg
 from transreg.cli import main as cli_main
-from transreg.config import ConfigError, TrainConfig
+from transreg.config import ConfigError, TrainConfig, load_config
 from transreg.data import ShapesPairs
 from transreg.training import AmpSettings, Trainer, TrainingError, amp_settings, latest_checkpoint, lr_factor
 
@@ -56,12 +56,12 @@ def jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize(
     "size, steps, batch, lr, window, min_gain",
-    [((64, 64), 100, 2, 3e-3, 9, 0.04), ((32, 32, 32), 50, 1, 1e-2, 5, 0.02)],
+    [((64, 64), 100, 2, 3e-3, 9, 0.04), ((32, 32, 32), 30, 2, 3e-3, 5, 0.02)],
     ids=["2d", "3d"],
 )
 def test_loss_falls_and_validation_dice_rises(tmp_path, size, steps, batch, lr, window, min_gain):
     cfg = config(tmp_path / "run", size=size, steps=steps,
-                 data={"batch_size": batch, "val_pairs": 6, "shared_contrast": True},
+                 data={"batch_size": batch, "val_pairs": 6 if len(size) == 2 else 4, "shared_contrast": True},
                  loss={"similarity": "ncc", "similarity_args": {"window": window}},
                  optim={"lr": lr}, run={"val_every": steps, "log_every": 25})
     final = Trainer(cfg).fit()
@@ -359,3 +359,30 @@ def test_bad_input_fails_before_training(tmp_path, capsys, make, extra, message)
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_resume_reuses_the_saved_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", *TINY_FLAGS, "--data", "synthetic:shapes", "--size", "32", "32", "--out", str(run)]
+    assert cli_main([*base, "--steps", "2", "--set", "run.ckpt_every=1"]) == 0
+    assert cli_main(["train", "--out", str(run), "--resume", "--steps", "4"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    assert [r["step"] for r in jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert cli_main([*base, "--steps", "2"]) == 2  # an existing run is never overwritten
+    assert "--resume" in capsys.readouterr().err
+
+
+RECIPES = sorted((Path(__file__).parent.parent / "train" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipes_are_valid(recipe):
+    cfg = load_config(recipe)
+    assert cfg.optim.lr > 0 and cfg.run.steps > 0
+
+
+def test_shapes_recipe_runs(tmp_path):
+    recipe = Path(__file__).parent.parent / "train" / "configs" / "transmorph_tiny_shapes2d.yaml"
+    assert cli_main(["train", str(recipe), "--steps", "2", "--size", "32", "32", "--out", str(tmp_path / "r")]) == 0
+    cfg = load_config(tmp_path / "r" / "config.yaml")
+    assert cfg.optim.schedule == "cosine" and cfg.run.steps == 2 and cfg.data.size == [32, 32]
