@@ -121,7 +121,7 @@ def _as_labels(data: np.ndarray, path: Path, name: str) -> np.ndarray:
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, affine)
+    img = nib.Nifti1Image(data, affine, dtype=data.dtype)  # explicit: int64 label maps stay int64
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return img
