@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from ..layers import ConvNormAct, avg_pool_nd, linear_mode
+from ..layers import ConvNormAct, avg_pool_nd, channels_last, conv_concat, linear_mode
 
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
 
 
-ConvUnit = Callable[[int, int, int], nn.Module]
-"""``unit(ndim, in_ch, out_ch)``: a 3×3 convolution block that keeps the spatial size."""
+ConvUnit = Callable[[int, int, int], nn.Sequential]
+"""``unit(ndim, in_ch, out_ch)``: a 3×3 convolution block that keeps the spatial size,
+a ``Sequential`` whose first layer is the convolution."""
 
 
 class UpBlock(nn.Module):
@@ -31,10 +32,17 @@ class UpBlock(nn.Module):
         self.conv2 = unit(ndim, out_ch, out_ch)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)
+        """Runs in the channels-last layout (faster convolutions and upsampling on CPU);
+        the skip is not concatenated but convolved with its part of ``conv1``'s weight."""
+        parts = [F.interpolate(channels_last(x), scale_factor=2.0, mode=self.mode, align_corners=False)]
         if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv2(self.conv1(x))
+            parts.append(channels_last(skip))
+        conv, *rest = self.conv1
+        x = conv_concat(conv, parts)
+        del parts  # free the upsampled map before the norm and the second convolution
+        for layer in rest:
+            x = layer(x)
+        return self.conv2(x)
 
 
 class SkipDecoder(nn.Module):
@@ -42,7 +50,9 @@ class SkipDecoder(nn.Module):
 
     ``channels[i]`` is block ``i``'s output width, ``skip_channels[i]`` its skip's width
     (0: no skip), ``unit`` the conv block of every :class:`UpBlock`. The output has
-    ``channels[-1]`` channels at ``2^len(channels)`` × the input resolution.
+    ``channels[-1]`` channels at ``2^len(channels)`` × the input resolution (in the
+    channels-last memory format). With ``grad_checkpointing`` each block's activations
+    are recomputed in the backward pass instead of stored (training memory).
     """
 
     def __init__(self, ndim: int, in_ch: int, channels: Sequence[int], skip_channels: Sequence[int],
@@ -55,10 +65,17 @@ class SkipDecoder(nn.Module):
             UpBlock(ndim, widths[i], widths[i + 1], skip_channels[i], unit) for i in range(len(channels))
         )
         self.feature_info = [{"num_chs": c, "module": f"blocks.{i}"} for i, c in enumerate(channels)]
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, x: Tensor, skips: Sequence[Tensor | None]) -> Tensor:
         for block, skip in zip(self.blocks, skips):
-            x = block(x, skip)
+            if self.grad_checkpointing and self.training and x.requires_grad:
+                x = checkpoint(block, x, skip, use_reentrant=False)
+            else:
+                x = block(x, skip)
         return x
 
 

@@ -195,5 +195,5 @@ class SwinEncoder(nn.Module):
         features = []
         for stage, norm in zip(self.stages, self.norms):
             out, x = stage(x)
-            features.append(norm(out).movedim(-1, 1).contiguous())
+            features.append(norm(out).movedim(-1, 1))  # channels-last layout, no copy
         return features

@@ -1,9 +1,14 @@
 """Dimension-generic convolution blocks and layer factories (2-D and 3-D)."""
 from __future__ import annotations
 
-from torch import nn
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
 
 __all__ = [
+    "channels_last",
+    "conv_concat",
     "conv_nd",
     "instance_norm_nd",
     "batch_norm_nd",
@@ -46,6 +51,34 @@ def max_pool_nd(ndim: int) -> type[nn.Module]:
 def linear_mode(ndim: int) -> str:
     """The ``interpolate`` mode for (bi/tri)linear interpolation in ``ndim`` dims."""
     return _pick(ndim, "bilinear", "trilinear")  # type: ignore[arg-type]
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` ``(B, C, *S)`` (2-D or 3-D) in the channels-last memory format (same values).
+
+    oneDNN convolutions and (bi/tri)linear upsampling on CPU run ~1.5–3× faster in this
+    layout; a tensor already in it is returned as is (no copy).
+    """
+    return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+def conv_concat(conv: nn.Conv2d | nn.Conv3d, parts: Sequence[Tensor]) -> Tensor:
+    """``conv(torch.cat(parts, dim=1))`` without building the concatenation.
+
+    Each part is convolved with its slice of the weight (input channels in ``parts``
+    order) and the results are summed, the bias added once. Saves the copy and the
+    memory of the concatenated map (the same values up to float rounding).
+    """
+    out = None
+    start = 0
+    for part in parts:
+        stop = start + part.shape[1]
+        y = conv._conv_forward(part, conv.weight[:, start:stop], conv.bias if out is None else None)
+        out = y if out is None else out.add_(y)
+        start = stop
+    if out is None or start != conv.in_channels:
+        raise ValueError(f"parts have {start} channels in all, the convolution takes {conv.in_channels}")
+    return out
 
 
 class ConvNormAct(nn.Sequential):

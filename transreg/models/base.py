@@ -44,10 +44,10 @@ class RegistrationModel(nn.Module):
         raise NotImplementedError
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Trade compute for memory in the encoder (models without support ignore it)."""
-        encoder = getattr(self, "encoder", None)
-        if encoder is not None and hasattr(encoder, "set_grad_checkpointing"):
-            encoder.set_grad_checkpointing(enable)
+        """Trade compute for memory in the encoder and decoder (parts without support ignore it)."""
+        for part in (getattr(self, "encoder", None), getattr(self, "decoder", None)):
+            if part is not None and hasattr(part, "set_grad_checkpointing"):
+                part.set_grad_checkpointing(enable)
 
     def _check_inputs(self, moving: Tensor, fixed: Tensor) -> None:
         expected = self.ndim + 2
@@ -80,4 +80,5 @@ class RegistrationModel(nn.Module):
             if velocity is not None:
                 stride = x.shape[2] // velocity.shape[2]
                 velocity = velocity[(slice(None), slice(None), *(slice(0, -(-s // stride)) for s in spatial))]
+        flow = flow.contiguous()  # the decoders work channels-last; callers get the plain layout
         return RegistrationOutput(flow=flow, warped=warp(moving, flow), velocity=velocity)
