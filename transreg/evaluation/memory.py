@@ -1,0 +1,39 @@
+"""Peak CPU memory of one forward pass, measured in a fresh process (used by the evaluation).
+
+    python -m transreg.evaluation.memory MODEL D,H,W   → prints {"peak_mib": ...}
+
+The value is the peak resident set size of this process above its size right after
+importing torch and transreg: model weights plus the forward pass's working memory
+(batch 1, fp32, inference mode).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+
+def _maxrss_bytes() -> int:
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value if sys.platform == "darwin" else value * 1024
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m transreg.evaluation.memory MODEL D,H,W", file=sys.stderr)
+        return 2
+    import torch
+
+    from transreg.register import _build_model
+
+    spec, shape = argv[0], tuple(int(v) for v in argv[1].split(","))
+    base = _maxrss_bytes()
+    net = _build_model(spec, len(shape))
+    with torch.inference_mode():
+        net(torch.rand(1, 1, *shape), torch.rand(1, 1, *shape))
+    print(json.dumps({"peak_mib": (_maxrss_bytes() - base) / 2**20}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
