@@ -183,6 +183,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
+def _poison_gradient_at(trainer: Trainer, step: int) -> str:
+    """Make one parameter's gradient infinite during optimiser step ``step`` (the loss stays finite)."""
+    name, param = next((n, p) for n, p in trainer.model.named_parameters() if n.startswith("decoder."))
+    param.register_hook(lambda g: g * float("inf") if trainer.step + 1 == step else g)
+    return name
+
+
+def test_non_finite_gradients_stop_the_run(tmp_path):
+    trainer = Trainer(config(tmp_path / "run", steps=6, run={"ckpt_every": 2}))
+    name = _poison_gradient_at(trainer, 3)
+    with pytest.raises(TrainingError, match=rf"non-finite gradients \({name}\) at step 3.*step_00000002"):
+        trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # never applied
+
+
+def test_fp16_grad_scaler_skips_a_step_with_infinite_gradients(tmp_path):
+    trainer = Trainer(config(tmp_path / "run", steps=4, run={"precision": "16-mixed"}))
+    _poison_gradient_at(trainer, 2)
+    snapshots = []
+    trainer.callbacks.append(lambda step, record: snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    trainer.fit()
+    records = jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert records[1]["loss_scale"] == records[0]["loss_scale"] / 2  # the scaler backed off
+    assert all(torch.equal(snapshots[0][k], snapshots[1][k]) for k in snapshots[0])  # step 2 skipped
+    assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[1])  # step 3 applied
+
+
 # --------------------------------------------------------------------------- precision, schedules
 
 

@@ -608,7 +608,28 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulate
         return total, parts_sum, self._optimizer_step()
 
+    def _check_gradients(self) -> None:
+        """Stop on non-finite gradients (float16 runs leave them to the GradScaler, which
+        skips such steps and lowers its scale)."""
+        bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if self._any_rank(bool(bad)):
+            hint = ""
+            if self.device.type == "cpu" and self.amp.dtype == torch.bfloat16:
+                hint = (" PyTorch's CPU bfloat16 conv3d weight gradient is unreliable for feature maps only 2 voxels "
+                        "long on their first axis (e.g. a TransMorph decoder at inputs below 64 voxels): use "
+                        "run.precision 32 on the CPU or a larger data.size.")
+            raise self._diverged(f"non-finite gradients ({', '.join(bad[:3]) or 'on another rank'})", hint)
+
+    def _diverged(self, what: str, hint: str = "") -> TrainingError:
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint was written before it")
+        return TrainingError(
+            f"{what} at step {self.step + 1}: training stopped; {where}.{hint or ' Lower optim.lr, set optim.clip_grad, or use run.precision 32/bf16-mixed.'}"
+        )
+
     def _optimizer_step(self) -> float | None:
+        if not self.amp.use_scaler:
+            self._check_gradients()
         grad_norm = None
         clip = self.config.optim.clip_grad
         if clip is not None:
@@ -649,11 +670,7 @@ class Trainer:
         while self.step < run.steps:
             loss, parts, grad_norm = self._train_step(batches)
             if not torch.isfinite(loss):
-                where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written before it"
-                raise TrainingError(
-                    f"the loss became {float(loss)} at step {self.step + 1}: training stopped; {where}. "
-                    f"Lower optim.lr, set optim.clip_grad, or use run.precision 32/bf16-mixed."
-                )
+                raise self._diverged(f"the loss became {float(loss)}")
             self.step += 1
             elapsed = time.perf_counter() - start
             steps_per_s = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
