@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ __all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "Transform", "RegistrationResult", "Ou
 # to a trained checkpoint name such as "transmorph_small.synth_brain".
 DEFAULT_MODEL = "transmorph_tiny"
 SAMPLE_DIR = Path(__file__).parent / "assets" / "sample"
+ImageSource = Union[str, "os.PathLike[str]", Image]  # a NIfTI path or a loaded image
 OUTPUT_FILES = ("warped.nii.gz", "warped_labels.nii.gz", "displacement_itk.nii.gz",
                 "displacement_voxel.nii.gz", "overlay.png", "report.json")
 
@@ -204,7 +205,7 @@ def check_output_dir(out: Path) -> bool:
 # --------------------------------------------------------------------------- inputs
 
 
-def _load(value: Any, name: str, labels: bool = False) -> Image:
+def _load(value: ImageSource, name: str, labels: bool = False) -> Image:
     if isinstance(value, Image):
         return value
     return load_image(value, labels=labels, name=name)
@@ -308,12 +309,12 @@ def _dice_report(warped: np.ndarray, fixed: np.ndarray) -> dict[str, Any]:
 
 
 def register(
-    moving: Any,
-    fixed: Any,
+    moving: ImageSource,
+    fixed: ImageSource,
     model: str | nn.Module = DEFAULT_MODEL,
     *,
-    moving_labels: Any = None,
-    fixed_labels: Any = None,
+    moving_labels: ImageSource | None = None,
+    fixed_labels: ImageSource | None = None,
     affine: bool = True,
     affine_only: bool = False,
     instance_opt: int = 0,

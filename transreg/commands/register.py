@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
     if args.sample:
-        if args.moving or args.fixed:
-            raise CommandError("give either MOVING FIXED or --sample, not both")
+        if args.moving or args.fixed or args.moving_labels or args.fixed_labels:
+            raise CommandError("--sample brings its own images and label maps; give no other inputs")
         return dict(sample_pair())
     if args.moving is None or args.fixed is None:
         raise CommandError("give MOVING and FIXED images (or --sample for the shipped sample pair)")
