@@ -291,6 +291,7 @@ def test_build_datasets_specs(tmp_path):
         _save(tmp_path / "d" / f"s{i}_seg.nii.gz", labels)
     train, val = build_datasets(DataConfig(train=str(tmp_path / "d"), size=[16, 16, 16], val_split=0.4, flip=True))
     assert len(train) == 3 and len(val) == 2 and train.ndim == 3 and train.num_labels == val.num_labels == 3
+    assert train.label_values == val.label_values == [0, 3, 7]  # one numbering for both
     train_images = {float(it["image"].sum()) for it in train.items}
     assert not train_images & {float(it["image"].sum()) for it in val.items}  # held-out subjects
     atlas_cfg = DataConfig(train=str(tmp_path / "d"), size=[16, 16, 16], pairing="atlas",
@@ -324,3 +325,15 @@ def test_config_errors_and_overrides(tmp_path):
         cfg.with_overrides({"lr": 1.0})
     with pytest.raises(ConfigError, match="key=value"):
         parse_set(["optim.lr"])
+
+
+def test_validation_labels_must_match_training_labels(tmp_path):
+    for i in range(2):
+        image, labels = _subject_arrays(i)
+        _save(tmp_path / "train" / f"s{i}.nii.gz", image)
+        _save(tmp_path / "train" / f"s{i}_seg.nii.gz", labels)
+        _save(tmp_path / "val" / f"s{i}.nii.gz", image)
+        _save(tmp_path / "val" / f"s{i}_seg.nii.gz", (labels * 2).astype(np.int16))
+    cfg = DataConfig(train=str(tmp_path / "train"), val=str(tmp_path / "val"), size=[16, 16, 16])
+    with pytest.raises(DataError, match=r"validation label maps hold the labels \[0, 6, 14\]"):
+        build_datasets(cfg)

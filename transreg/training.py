@@ -576,6 +576,9 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
 
     def _signal_handler(self, signum: int, frame: Any) -> None:
+        """First SIGTERM/SIGINT: finish the step, checkpoint, stop. A second one: stop now."""
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt(f"stopped by a second signal at step {self.step}, without a checkpoint")
         self._stop_signal = signum
 
     def _any_rank(self, flag: bool) -> bool:

@@ -36,7 +36,7 @@ def pretrained_source(text: str) -> str:
     path = Path(text)
     if path.is_dir():
         return f"local-dir:{path.resolve()}"
-    if ("/" in text or path.suffix) and not text.startswith(("hf-hub:", "local-dir:")):
+    if ("/" in text or "\\" in text) and not text.startswith(("hf-hub:", "local-dir:")):
         raise FileNotFoundError(f"checkpoint folder {text!r} does not exist")
     return text
 

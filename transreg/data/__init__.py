@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .augment import augment_pair, random_affine
-from .nifti import PairDataset, Subject, find_subjects, load_subjects, read_csv
+from .nifti import PairDataset, Subject, all_label_values, find_subjects, load_subjects, read_csv
 from .sampler import StepBatchSampler
 from .synthetic import DataError, LabelMapPairs, ShapesPairs
 
@@ -94,8 +94,9 @@ def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float =
         raise DataError(f"data.val_split {holdout} leaves too few of the {len(items)} subjects for training")
     val_items = [items[i] for i in order[:n_val]]
     train_items = [items[i] for i in order[n_val:]]
-    return (PairDataset(train_items, atlas=atlas, seed=seed, augment=aug),
-            PairDataset(val_items, atlas=atlas, seed=seed + VAL_SEED_OFFSET))
+    values = all_label_values([*items, *([atlas] if atlas is not None else [])])  # one numbering for both
+    return (PairDataset(train_items, atlas=atlas, seed=seed, augment=aug, label_values=values),
+            PairDataset(val_items, atlas=atlas, seed=seed + VAL_SEED_OFFSET, label_values=values))
 
 
 def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
@@ -116,12 +117,17 @@ def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
         val.seed, val.length = seed + VAL_SEED_OFFSET, cfg.val_pairs
     if val is not None and len(val) > cfg.val_pairs:
         val = Subset(val, range(cfg.val_pairs))
-    if val is not None and _num_labels(val) != _num_labels(train):
-        raise DataError(f"the validation data has {_num_labels(val)} label values but the training data "
-                        f"{_num_labels(train)}: use label maps with the same labels")
+    train_labels, val_labels = _label_values(train), _label_values(val) if val is not None else None
+    if train_labels is not None and val_labels is not None and train_labels != val_labels:
+        raise DataError(f"the validation label maps hold the labels {val_labels}, the training ones {train_labels}: "
+                        f"use label maps with the same labels")
     return train, val
 
 
-def _num_labels(dataset: Dataset) -> int | None:
+def _label_values(dataset: Dataset) -> list[int] | None:
+    """The original label values behind the consecutive training labels (None: unknown)."""
     inner = dataset.dataset if isinstance(dataset, Subset) else dataset
-    return getattr(inner, "num_labels", None)
+    values = getattr(inner, "label_values", None)
+    if values is None and getattr(inner, "num_labels", None) is not None:
+        values = range(inner.num_labels)
+    return None if values is None else [int(v) for v in values]

@@ -33,7 +33,7 @@ from ..preprocess import Grid, Preprocessing, coordinates, normalize_intensity, 
 from .augment import augment_pair
 from .synthetic import DataError, item_generator
 
-__all__ = ["Subject", "find_subjects", "read_csv", "load_subjects", "PairDataset", "LABEL_SUFFIXES"]
+__all__ = ["Subject", "find_subjects", "read_csv", "load_subjects", "all_label_values", "PairDataset", "LABEL_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_SUFFIXES = ("_seg", "_labels", "_label", "_aseg")
@@ -176,6 +176,11 @@ def load_subjects(subjects: Sequence[Subject], spacing: Sequence[float] | None, 
     return loaded
 
 
+def all_label_values(items: Sequence[dict[str, Tensor]]) -> list[int]:
+    """Sorted label values (with 0) of every item's label map."""
+    return sorted({0, *(int(v) for it in items if "labels" in it for v in torch.unique(it["labels"]))})
+
+
 def _relabeller(values: Sequence[int]):
     table = torch.as_tensor(list(values))
 
@@ -197,11 +202,12 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, items: Sequence[dict[str, Tensor]], pairs: Sequence[tuple[int, int]] | None = None,
-                 atlas: dict[str, Tensor] | None = None, seed: int = 0, augment: dict | None = None):
+                 atlas: dict[str, Tensor] | None = None, seed: int = 0, augment: dict | None = None,
+                 label_values: Sequence[int] | None = None):
         if pairs is None and atlas is None and len(items) < 2:
             raise DataError(f"random inter-subject pairs need at least 2 images, got {len(items)}")
         everything = [*items, *([atlas] if atlas is not None else [])]
-        values = sorted({0, *(int(v) for it in everything if "labels" in it for v in torch.unique(it["labels"]))})
+        values = sorted(label_values) if label_values is not None else all_label_values(everything)
         #: original label value of each consecutive training label (Dice losses need 0..K-1)
         self.label_values = values if any("labels" in it for it in everything) else None
         relabel = _relabeller(values)
