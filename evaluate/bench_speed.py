@@ -8,6 +8,12 @@ every row reports the achieved GFLOP/s and its fraction of that limit.
     python evaluate/bench_speed.py                       # all architectures at 96×112×96
     python evaluate/bench_speed.py --sizes 96,112,96 160,192,224 --models transmorph voxelmorph2
     python evaluate/bench_speed.py --out evaluate/results/speed.md
+    python evaluate/bench_speed.py --modes train train-ckpt --precisions fp32 bf16   # memory-lean training
+    python evaluate/bench_speed.py --compile                                         # torch.compile the model
+
+Modes: ``inference`` (``transreg.inference.predict``: inference mode, bf16 autocast for
+``bf16``), ``train`` (one optimiser step), ``train-ckpt`` (the same with gradient
+checkpointing in the encoder and decoder).
 
 Run it on an idle machine: timings of a busy machine are meaningless.
 """
@@ -66,33 +72,38 @@ def measure_limit(device: str, precision: str) -> float:
 
 
 def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, device: str,
-                warmup: int, repeats: int) -> dict:
+                warmup: int, repeats: int, compile_model: bool = False) -> dict:
     """Median time, FLOPs and peak memory of one (architecture, size, mode, precision)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     import transreg
+    from transreg.inference import autocast as precision_autocast
+    from transreg.inference import predict
     from transreg.losses import NCC, Diffusion
 
     torch.manual_seed(0)
     model = transreg.create_model(arch, ndim=len(size)).to(device)
     moving = torch.rand(1, 1, *size, device=device)
     fixed = torch.rand(1, 1, *size, device=device)
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    params = sum(p.numel() for p in model.parameters())
+    if compile_model:
+        model = torch.compile(model)
     if mode == "inference":
         model.eval()
 
         def step():
-            with torch.inference_mode(), autocast:
-                return model(moving, fixed).flow
+            return predict(model, moving, fixed, precision).flow
     else:
         model.train()
+        if mode == "train-ckpt":
+            getattr(model, "_orig_mod", model).set_grad_checkpointing(True)
         similarity, regulariser = NCC(window=9), Diffusion()
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step():
             optimiser.zero_grad(set_to_none=True)
-            with autocast:
+            with precision_autocast(device, precision):
                 out = model(moving, fixed)
                 loss = similarity(out.warped, fixed) + regulariser(out.flow)
             loss.backward()
@@ -108,13 +119,13 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "arch": arch, "size": "×".join(map(str, size)), "mode": mode, "precision": precision,
-        "params": sum(p.numel() for p in model.parameters()), "gflop": flops / 1e9,
+        "params": params, "gflop": flops / 1e9,
         "seconds": statistics.median(times), "peak_gib": peak / 2**30,
     }
 
 
 def _run_child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -124,9 +135,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", help="architectures (default: all registered)")
     parser.add_argument("--sizes", nargs="*", default=["96,112,96"], help="spatial sizes, comma-separated")
-    parser.add_argument("--modes", nargs="*", default=["inference", "train"], choices=["inference", "train"])
+    parser.add_argument("--modes", nargs="*", default=["inference", "train"], choices=["inference", "train", "train-ckpt"])
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (time after warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -141,7 +153,7 @@ def main() -> None:
     if args.child:
         arch, size, mode, precision = args.child
         result = measure_one(arch, tuple(int(s) for s in size.split(",")), mode, precision,
-                             args.device, args.warmup, args.repeats)
+                             args.device, args.warmup, args.repeats, args.compile)
         print(json.dumps(result))
         return
 
@@ -151,6 +163,8 @@ def main() -> None:
     common = ["--device", args.device, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    if args.compile:
+        common.append("--compile")
     limits = {p: measure_limit(args.device, p) for p in args.precisions}
     rows = []
     for arch in models:
@@ -182,7 +196,8 @@ def main() -> None:
         f"- date: {datetime.date.today().isoformat()}",
         "- limit (measured here, large conv3d / matmul): "
         + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in limits.items()),
-        "- time: median of the repeats after warm-up, batch 1; train = forward + NCC(9) + diffusion + backward + Adam step;"
+        "- time: median of the repeats after warm-up, batch 1; train = forward + NCC(9) + diffusion + backward + Adam step"
+        " (train-ckpt: with gradient checkpointing in encoder and decoder)" + ("; torch.compile" if args.compile else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
         " peak allocated on CUDA; GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
         header, *lines, "",

@@ -1,0 +1,130 @@
+"""Fast-path pieces: predict(precision=...), bf16 accuracy, concat-free convolution,
+4-D window attention, decoder gradient checkpointing."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+import transreg
+from transreg.inference import predict
+from transreg.layers import WindowAttention, conv_concat, shifted_window_mask
+from transreg.spatial import warp
+
+
+def _label_map(shape: tuple[int, ...], n_labels: int, seed: int) -> torch.Tensor:
+    """Blobby label map: argmax of smoothed noise fields, (1, 1, *shape) int64."""
+    rng = np.random.default_rng(seed)
+    fields = np.stack([gaussian_filter(rng.standard_normal(shape), 4.0) for _ in range(n_labels)])
+    return torch.from_numpy(fields.argmax(0))[None, None]
+
+
+def _mean_dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    scores = []
+    for label in torch.unique(b).tolist():
+        x, y = a == label, b == label
+        scores.append(2.0 * (x & y).sum().item() / (x.sum() + y.sum()).item())
+    return float(np.mean(scores))
+
+
+@pytest.fixture(scope="module")
+def pair_and_model():
+    torch.manual_seed(0)
+    shape = (64, 64, 64)
+    moving_labels, fixed_labels = _label_map(shape, 6, 1), _label_map(shape, 6, 2)
+    intensities = torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    moving, fixed = intensities[moving_labels], intensities[fixed_labels]
+    model = transreg.create_model("transmorph", embed_dim=12, num_heads=(2, 2, 2, 2), img_size=shape)
+    with torch.no_grad():  # a deformation of a few voxels instead of the ~1e-4 of the initialisation
+        model.head.conv.weight.mul_(2e4)
+    return model, moving, fixed, moving_labels, fixed_labels
+
+
+def test_bf16_inference_changes_dice_by_less_than_0_005(pair_and_model):
+    model, moving, fixed, moving_labels, fixed_labels = pair_and_model
+    out32, out16 = predict(model, moving, fixed, "fp32"), predict(model, moving, fixed, "bf16")
+    assert out16.flow.dtype == torch.float32 and out16.warped.dtype == torch.float32
+    assert 1.0 < out32.flow.std().item() < 10.0  # a real deformation
+    difference = (out32.flow - out16.flow).abs()
+    assert difference.max() > 0  # bf16 was in effect
+    assert difference.mean() < 0.05 * out32.flow.abs().mean()
+    warped32 = warp(moving_labels, out32.flow, mode="nearest")
+    assert (warped32 != moving_labels).float().mean() > 0.05  # the flow moves the labels
+    dice32 = _mean_dice(warped32, fixed_labels)
+    dice16 = _mean_dice(warp(moving_labels, out16.flow, mode="nearest"), fixed_labels)
+    assert abs(dice32 - dice16) < 0.005
+
+
+def test_predict_fp32_equals_the_plain_call_and_restores_the_mode(pair_and_model):
+    model, moving, fixed, *_ = pair_and_model
+    model.train()
+    out = predict(model, moving, fixed)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        reference = model(moving, fixed)
+    torch.testing.assert_close(out.flow, reference.flow, rtol=0, atol=0)
+    torch.testing.assert_close(out.warped, reference.warped, rtol=0, atol=0)
+    assert out.flow.is_contiguous()
+
+
+def test_predict_rejects_an_unknown_precision(pair_and_model):
+    model, moving, fixed, *_ = pair_and_model
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict(model, moving, fixed, "fp16")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_conv_concat_equals_conv_of_the_concatenation(ndim):
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(7, 5, 3, padding=1)
+    parts = [torch.randn(2, c, *[9] * ndim) for c in (4, 3)]
+    torch.testing.assert_close(conv_concat(conv, parts), conv(torch.cat(parts, 1)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="parts have 4 channels in all, the convolution takes 7"):
+        conv_concat(conv, parts[:1])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_shifted_window_attention_matches_a_brute_force_softmax(batch):
+    torch.manual_seed(0)
+    window, spatial, heads, dim = (2, 3), (4, 6), 2, 8
+    attn = WindowAttention(dim, window, heads).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+    mask = shifted_window_mask(spatial, window, (1, 1))  # (nW, N, N)
+    n_win, n = mask.shape[0], math.prod(window)
+    x = torch.randn(batch * n_win, n, dim)
+    with torch.no_grad():
+        out = attn(x, window, mask)
+        q, k, v = attn.qkv(x).view(batch * n_win, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(dim // heads)
+        logits = logits + attn._bias(window, x.device) + mask.repeat(batch, 1, 1)[:, None]
+        expected = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(batch * n_win, n, dim))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = transreg.create_model("transmorph", ndim=2, embed_dim=6, num_heads=(2, 2, 2, 2), img_size=(64, 64))
+    moving, fixed = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+
+    def grads() -> list[torch.Tensor]:
+        model.zero_grad()
+        out = model(moving, fixed)
+        (out.flow.square().mean() + F.mse_loss(out.warped, fixed)).backward()
+        return [p.grad.clone() for p in model.decoder.parameters()]
+
+    model.train()
+    for stage in model.encoder.stages:
+        for block in stage.blocks:
+            block.drop_path = torch.nn.Identity()
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.decoder.grad_checkpointing
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
