@@ -7,7 +7,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
 
 import transreg

@@ -374,7 +374,7 @@ def register(
         moving_model = resample_image(moving_norm, moving_grid, moving_own, device=device)
         result = affine_align(moving_model, moving_own, fixed_model, model_grid, similarity=similarity)
         world = result.matrix
-        affine_report.update(matrix=world, losses=[round(v, 5) for v in result.losses])
+        affine_report.update(world_matrix_fixed_to_moving_ras_mm=world, losses=[round(v, 5) for v in result.losses])
         stages.done("affine", f"{similarity} loss {result.losses[-1]:.4f}")
     moving_model = resample_image(moving_norm, moving_grid, model_grid, world, device=device)
 

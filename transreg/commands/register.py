@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     )
     written = result.save(args.out)
     report = result.report
+    print(f"[write] {len(written)} files ({report['runtime_s']['write']:.1f} s)")
     summary = f"folding {report['folding_percent']:.3f} %"
     if "dice" in report:
         summary += f", mean Dice {report['dice_before']:.3f} before → {report['dice_affine']:.3f} affine → " \
