@@ -380,10 +380,11 @@ def test_cli_train_then_finetune_on_nifti_pairs(tmp_path, capsys):
          [], "not a readable NIfTI"),
         ("mismatch", [], "does not match its image"),
         (lambda d: _write_nifti_pairs(d, 3), ["--set", "model.bogus=1"], "unknown config key"),
+        (lambda d: _write_nifti_pairs(d, 3), ["--set", "model.args={embed_dm: 6}"], "do not fit 'transmorph_tiny'"),
         (lambda d: _write_nifti_pairs(d, 3), ["--set", "model.args={embed_dim: 6, depths: [1, 1, 1, 1], ndim: 3}"],
          "is 3-D but the training data is 2-D"),
     ],
-    ids=["empty", "unreadable", "label-mismatch", "unknown-key", "ndim"],
+    ids=["empty", "unreadable", "label-mismatch", "unknown-key", "bad-model-args", "ndim"],
 )
 def test_bad_input_fails_before_training(tmp_path, capsys, make, extra, message):
     data = tmp_path / "data"

@@ -400,7 +400,10 @@ class Trainer:
             if Path(source).is_dir():
                 source = f"local-dir:{Path(source).resolve()}"
             return create_model(source, pretrained=True)
-        return create_model(m.name, **{"ndim": self.ndim, **m.args})
+        try:
+            return create_model(m.name, **{"ndim": self.ndim, **m.args})
+        except TypeError as err:
+            raise ConfigError(f"model.args {m.args} do not fit {m.name!r}: {err}") from None
 
     def _check_model(self) -> None:
         model_ndim = getattr(self.model, "ndim", None)
@@ -453,7 +456,7 @@ class Trainer:
             + (f" + {c.loss.dice_weight} x Dice" if c.loss.dice_weight else ""),
             f"- optimiser: {c.optim.name}, lr {c.optim.lr}, schedule {c.optim.schedule}, precision {c.run.precision}",
             f"- started from: {c.model.pretrained or 'random initialisation'}",
-            f"- resolved recipe: `config.yaml` in the run folder",
+            "- resolved recipe: `config.yaml` in the run folder",
         ]
         config = build_config(self.model, self._preprocessing())
         return card_from_config(config, evaluations, name=c.model.name,
