@@ -53,18 +53,20 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def pairs_csv(tmp_path_factory) -> Path:
-    """Three subjects at 2 mm in different native positions (rotation, flip, shift by a
-    fraction of a voxel) and a CSV of two ordered pairs."""
+    """One anatomy at 2 mm in three native poses (rotation, shift by a fraction of a voxel,
+    one stored with a reversed voxel axis) and a CSV of two ordered pairs."""
     folder = tmp_path_factory.mktemp("pairs")
     poses = [(0.0, (0.0, 0.0, 0.0), False), (7.0, (3.3, -2.7, 1.2), True), (-5.0, (-2.2, 1.6, -3.1), False)]
     for k, (angle, shift, flip) in enumerate(poses):
         affine = np.eye(4)
         linear = _rotation(angle) @ np.diag([2.0, 2.0, 2.0])
-        if flip:
-            linear = linear @ np.diag([-1.0, 1.0, 1.0])
         affine[:3, :3] = linear
         affine[:3, 3] = -linear @ (np.array(SHAPE) - 1) / 2 + np.array(shift)
-        labels = _labels(k)
+        labels = _labels(0)  # one anatomy in three poses: the affine stage can undo the pose
+        if flip:  # the same anatomy stored with the first voxel axis reversed
+            reverse = np.eye(4)
+            reverse[0, 0], reverse[0, 3] = -1.0, SHAPE[0] - 1
+            affine, labels = affine @ reverse, labels[::-1].copy()
         image = ndimage.gaussian_filter(np.array([0.0, 0.4, 0.8, 0.6])[labels], 0.7).astype(np.float32)
         _write(folder / f"s{k}.nii.gz", image, affine)
         _write(folder / f"s{k}_labels.nii.gz", labels, affine)
@@ -178,8 +180,9 @@ def test_compare_writes_table_and_plots(pairs_csv: Path, tmp_path: Path, monkeyp
     assert int(summary["voxelmorph1"]["parameters"]) == sum(
         p.numel() for p in __import__("transreg").create_model("voxelmorph1", ndim=3).parameters())
     assert float(summary["voxelmorph1"]["macs"]) > 0 and summary["identity"]["macs"] == ""
-    # the affine stage must beat no registration on these rigidly displaced blobs
-    assert float(summary["affine"]["dice_mean"]) > float(summary["identity"]["dice_mean"]) + 0.1
+    assert float(summary["voxelmorph1"]["peak_memory_mib"]) > 0
+    # one anatomy in three rigid poses: the affine stage must undo them
+    assert float(summary["affine"]["dice_mean"]) > 0.85 > float(summary["identity"]["dice_mean"]) + 0.2
     text = (out / "summary.md").read_text()
     assert "untrained weights: voxelmorph1" in text and "antspyx not installed" in text
     assert "| identity | 2 |" in text

@@ -19,6 +19,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--title", default=None, help="title of the table and plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the untimed warm-up registration of each method on the first pair")
 
 
 def command_string() -> str:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     evaluation, written = compare(args.models, args.data, args.out, baselines=not args.no_baselines, ants=args.ants,
                                   labels=args.labels, device=args.device, title=args.title,
-                                  command=command_string(), progress=not args.no_progress)
+                                  command=command_string(), progress=not args.no_progress,
+                                  warmup=not args.no_warmup)
     report(evaluation.summary, written)
     return 0

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     evaluation, written = compare([args.model], args.data, args.out, baselines=False, ants=False,
                                   labels=args.labels, device=args.device, title=args.title,
-                                  command=command_string(), progress=not args.no_progress)
+                                  command=command_string(), progress=not args.no_progress,
+                                  warmup=not args.no_warmup)
     report(evaluation.summary, written)
     return 0
