@@ -20,6 +20,7 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,4 +208,18 @@ def make_method(name: str, device: torch.device) -> Method:
         if not ants_available():
             raise ValueError("method 'ants' needs antspyx: pip install 'transreg[ants]'")
         return AntsSyNMethod(name, device)
+    _check_model_name(name)
     return NetworkMethod(name, device, name)
+
+
+def _check_model_name(name: str) -> None:
+    """Fail before any work for a name that is no architecture, checkpoint tag, source or folder."""
+    from ..registry import SOURCE_PREFIXES, get_pretrained_tag, model_entrypoint, split_model_name
+
+    if Path(name).is_dir() or name.startswith(SOURCE_PREFIXES):
+        return
+    arch, tag = split_model_name(name)
+    if tag is None:
+        model_entrypoint(arch)
+    else:
+        get_pretrained_tag(name)
