@@ -1,5 +1,5 @@
 """Fast-path pieces: predict(precision=...), bf16 accuracy, concat-free convolution,
-4-D window attention, decoder gradient checkpointing."""
+slab-wise up-blocks, 4-D window attention, decoder gradient checkpointing."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 import transreg
+from transreg.decoders import UpBlock, unet
 from transreg.inference import predict
-from transreg.layers import WindowAttention, conv_concat, shifted_window_mask
+from transreg.layers import WindowAttention, conv_concat, linear_mode, shifted_window_mask
 from transreg.spatial import warp
 
 
@@ -128,3 +129,24 @@ def test_decoder_checkpointing_gives_the_same_gradients():
     checkpointed = grads()
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ndim, shape", [(2, (9, 8)), (3, (7, 6, 5))])
+@pytest.mark.parametrize("slabs", [1, 2, 3, 9])
+def test_up_block_in_slabs_equals_the_whole_map(ndim, shape, slabs):
+    torch.manual_seed(0)
+    block = UpBlock(ndim, 8, 4, 3).eval()
+    x, skip = torch.randn(1, 8, *shape), torch.randn(1, 3, *[2 * s for s in shape])
+    conv = block.conv1[0]
+    with torch.no_grad():
+        whole = conv(torch.cat([F.interpolate(x, scale_factor=2.0, mode=linear_mode(ndim)), skip], 1))
+        torch.testing.assert_close(block._up_conv_in_slabs(conv, x, skip, slabs), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_in_slabs_equals_the_plain_forward(pair_and_model, monkeypatch):
+    model, moving, fixed, *_ = pair_and_model
+    model.eval()
+    with torch.no_grad():
+        plain = model(moving, fixed).flow
+    monkeypatch.setattr(unet, "SLAB_BYTES", 2**16)  # every up-block in several slabs
+    torch.testing.assert_close(predict(model, moving, fixed).flow, plain, rtol=1e-4, atol=1e-4)  # flow ~3 voxels

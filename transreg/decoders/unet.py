@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -11,6 +12,9 @@ from ..layers import ConvNormAct, avg_pool_nd, channels_last, conv_concat, linea
 
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
 
+
+SLAB_BYTES = 256 * 2**20
+"""Inference upsamples and convolves maps whose upsampled size exceeds this in slabs."""
 
 ConvUnit = Callable[[int, int, int], nn.Sequential]
 """``unit(ndim, in_ch, out_ch)``: a 3×3 convolution block that keeps the spatial size,
@@ -33,16 +37,54 @@ class UpBlock(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
         """Runs in the channels-last layout (faster convolutions and upsampling on CPU);
-        the skip is not concatenated but convolved with its part of ``conv1``'s weight."""
-        parts = [F.interpolate(channels_last(x), scale_factor=2.0, mode=self.mode, align_corners=False)]
-        if skip is not None:
-            parts.append(channels_last(skip))
+        the skip is not concatenated but convolved with its part of ``conv1``'s weight.
+        Without autograd, a large upsampled map is only built one slab at a time."""
+        x, skip = channels_last(x), None if skip is None else channels_last(skip)
         conv, *rest = self.conv1
-        x = conv_concat(conv, parts)
-        del parts  # free the upsampled map before the norm and the second convolution
-        for layer in rest:
+        upsampled_bytes = x.numel() * x.element_size() * 2**x.dim() // 4
+        if torch.is_grad_enabled() or upsampled_bytes <= SLAB_BYTES:
+            x = self._up_conv(conv, x, skip)
+        else:
+            x = self._up_conv_in_slabs(conv, x, skip, slabs=-(-upsampled_bytes // SLAB_BYTES))
+        for layer in (*rest, *self.conv2):  # rebinding x frees each input as soon as it is used
             x = layer(x)
-        return self.conv2(x)
+        return x
+
+    def _up_conv(self, conv: nn.Module, x: Tensor, skip: Tensor | None) -> Tensor:
+        """``conv(cat([upsample(x), skip], 1))``."""
+        parts = [F.interpolate(x, scale_factor=2.0, mode=self.mode, align_corners=False)]
+        if skip is not None:
+            parts.append(skip)
+        return conv_concat(conv, parts)
+
+    def _up_conv_in_slabs(self, conv: nn.Module, x: Tensor, skip: Tensor | None, slabs: int) -> Tensor:
+        """:meth:`_up_conv` computed in ``slabs`` slabs along the first spatial axis.
+
+        Output rows ``[a, b)`` need upsampled rows ``[a - 1, b + 1)`` (the 3×3 halo); with
+        ``align_corners=False`` those are exact when upsampled from coarse rows
+        ``[a/2 - 1, b/2 + 1)`` (clipped to the map: there the clamping is the map's own).
+        The convolution's zero padding is right only at the map's ends, so the halo rows
+        of the output are cropped.
+        """
+        coarse = x.shape[2]
+        fine = 2 * coarse
+        out = None
+        step = 2 * -(-coarse // slabs)
+        for a in range(0, fine, step):
+            b = min(a + step, fine)
+            c0, c1 = max(a // 2 - 1, 0), min(b // 2 + 1, coarse)
+            lo, hi = max(a - 1, 0), min(b + 1, fine)
+            up = F.interpolate(x[:, :, c0:c1], scale_factor=2.0, mode=self.mode, align_corners=False)
+            parts = [up[:, :, lo - 2 * c0 : hi - 2 * c0]]
+            if skip is not None:
+                parts.append(skip[:, :, lo:hi])
+            rows = conv_concat(conv, parts)[:, :, a - lo : b - lo]
+            if out is None:
+                out = rows.new_empty(rows.shape[:2] + (fine,) + rows.shape[3:]).contiguous(
+                    memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+                )
+            out[:, :, a:b] = rows
+        return out
 
 
 class SkipDecoder(nn.Module):
