@@ -31,6 +31,7 @@ SMALL = {
     "transmorph_tiny": dict(),
     "transmorph_diff": dict(embed_dim=12),
     "vitvnet": dict(hidden_size=24, depth=2, num_heads=4, mlp_dim=48, head_channels=32, stem_channels=(8, 16, 16)),
+    "vitvnet_micro": dict(hidden_size=24, depth=2, num_heads=4, mlp_dim=48, head_channels=32),
 }
 
 
@@ -38,7 +39,7 @@ def small_model(name, ndim):
     args = dict(SMALL.get(name, {}))
     if name.startswith("transmorph"):
         args.update(img_size=(64,) * ndim, window_size=(2,) * ndim)
-    if name == "vitvnet":
+    if name.startswith("vitvnet"):
         args.update(img_size=(64,) * ndim)
     return transreg.create_model(name, ndim=ndim, **args)
 

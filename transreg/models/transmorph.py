@@ -128,3 +128,28 @@ def transmorph_tiny(**kwargs: Any) -> TransMorph:
 def transmorph_diff(**kwargs: Any) -> TransMorph:
     """TransMorph-diff: probabilistic diffeomorphic variant (velocity at half resolution)."""
     return _build({"diffeomorphic": True}, kwargs)
+
+
+# Reduced widths for CPU training on 2 mm brains (the zoo's *_micro models): the
+# full-resolution decoder width (reg_head_chan), which dominates CPU time, is halved and
+# each Swin stage has one block; the window is (grid of the 96×112×96 2 mm brain) / 32.
+_MICRO = {"embed_dim": 12, "depths": (1, 1, 2, 1), "num_heads": (2, 2, 4, 4), "reg_head_chan": 8}
+_MICRO_SIZE = {2: (96, 112), 3: (96, 112, 96)}
+
+
+def _micro(defaults: dict[str, Any], kwargs: dict[str, Any]) -> TransMorph:
+    size = {"img_size": _MICRO_SIZE[kwargs.get("ndim", 3)]}
+    return _build({**_MICRO, **size, **defaults}, kwargs)
+
+
+@register_model
+def transmorph_micro(**kwargs: Any) -> TransMorph:
+    """TransMorph-Micro (transreg, for CPU training): embed 12, depths 1-1-2-1, heads 2-2-4-4,
+    full-resolution decoder width 8, img_size 96×112×96 (window 3×3×3)."""
+    return _micro({}, kwargs)
+
+
+@register_model
+def transmorph_diff_micro(**kwargs: Any) -> TransMorph:
+    """TransMorph-diff at the Micro widths; deterministic velocity (no KL term needed)."""
+    return _micro({"diffeomorphic": True, "probabilistic": False}, kwargs)
