@@ -230,13 +230,18 @@ def resolve(name: str, force_download: bool = False) -> ResolvedCheckpoint:
             raise CheckpointError(f"checkpoint folder {source.path} does not exist")
         weights_path(source.path)
         return ResolvedCheckpoint(source, source.path)
-    assert source.repo_id is not None and source.revision is not None
     tag = source.tag
     if tag is not None and tag.local_path and not force_download:
         bundled = Path(__file__).parent / tag.local_path
         if (bundled / WEIGHTS_NAME).is_file():
             digest = verify_sha256(weights_path(bundled), tag.sha256, f"pinned by registry tag {tag.name}")
             return ResolvedCheckpoint(source, bundled, tag.revision, digest, f"registry tag {tag.name}")
+    if tag is not None and tag.revision is None:
+        raise CheckpointError(
+            f"{tag.name} {tag.version} is not on the Hub yet (its registry tag pins no revision) and its shipped "
+            f"copy {Path(__file__).parent / str(tag.local_path)} is missing: reinstall transreg"
+        )
+    assert source.repo_id is not None and source.revision is not None
     folder = _download(source.repo_id, source.revision, force_download)
     where = f"{source.repo_id}@{source.revision}"
     _require_files(folder, where)

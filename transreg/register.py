@@ -32,12 +32,12 @@ from .io import Image, ImageError, load_image, save_displacement_itk, save_displ
 from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, spatial_affine, voxel_map
 from .spatial import warp
 
-__all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "Transform", "RegistrationResult", "OutputError", "register",
+__all__ = ["DEFAULT_MODEL", "default_model", "SAMPLE_DIR", "Transform", "RegistrationResult", "OutputError", "register",
            "check_output_dir", "sample_pair"]
 
-# The model `transreg register` uses when none is named. Untrained (random initialisation,
-# near-identity deformation) until the zoo ships trained checkpoints; the zoo switches this
-# to a trained checkpoint name such as "transmorph_small.synth_brain".
+# The untrained fallback (random initialisation, near-identity deformation) that
+# `transreg register` and `transreg demo` use when no model is named and the zoo names no
+# default checkpoint (transreg.zoo.DEFAULT_CHECKPOINT); see default_model().
 DEFAULT_MODEL = "transmorph_tiny"
 SAMPLE_DIR = Path(__file__).parent / "assets" / "sample"
 ImageSource = Union[str, "os.PathLike[str]", Image]  # a NIfTI path or a loaded image
@@ -47,6 +47,15 @@ OUTPUT_FILES = ("warped.nii.gz", "warped_labels.nii.gz", "displacement_itk.nii.g
 
 class OutputError(ValueError):
     """The output folder cannot be written."""
+
+
+def default_model() -> str:
+    """The model used when none is named: the zoo's default checkpoint
+    (:data:`transreg.zoo.DEFAULT_CHECKPOINT`, shipped in the package, no network needed)
+    if there is one, else the untrained architecture :data:`DEFAULT_MODEL`."""
+    from . import zoo
+
+    return zoo.DEFAULT_CHECKPOINT or DEFAULT_MODEL
 
 
 def sample_pair() -> dict[str, Path]:
@@ -311,7 +320,7 @@ def _dice_report(warped: np.ndarray, fixed: np.ndarray) -> dict[str, Any]:
 def register(
     moving: ImageSource,
     fixed: ImageSource,
-    model: str | nn.Module = DEFAULT_MODEL,
+    model: str | nn.Module | None = None,
     *,
     moving_labels: ImageSource | None = None,
     fixed_labels: ImageSource | None = None,
@@ -328,7 +337,8 @@ def register(
     """Register ``moving`` onto ``fixed`` (paths to NIfTI files or :class:`Image` s).
 
     ``model``: an architecture name (random initialisation), a checkpoint (``arch.tag``,
-    ``hf-hub:...``, ``local-dir:...`` or a folder), or a model. The model's
+    ``hf-hub:...``, ``local-dir:...`` or a folder), a model, or ``None`` for
+    :func:`default_model`. The model's
     ``preprocessing`` (spacing, orientation, intensity, size) sets the model grid;
     ``spacing`` (mm) overrides it. ``affine=False`` skips the affine stage,
     ``affine_only`` stops after it; ``instance_opt`` Adam steps refine the network's
@@ -346,6 +356,7 @@ def register(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but no CUDA GPU is available; use --device cpu")
     stages = _Stages(progress)
+    model = default_model() if model is None else model
 
     moving_img, fixed_img = _load(moving, "moving image"), _load(fixed, "fixed image")
     label_imgs = {"moving": None if moving_labels is None else _load(moving_labels, "moving labels", True),

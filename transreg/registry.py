@@ -36,23 +36,28 @@ class PretrainedTag:
     """A trained checkpoint of an architecture, pinned to one Hub revision.
 
     ``sha256`` is the digest of ``model.safetensors``; ``revision`` a commit sha (the
-    commit that the version tag ``version`` points to). ``local_path`` (relative to the
-    package) is a copy shipped inside the package, used before any download.
+    commit that the version tag ``version`` points to), or ``None`` for a version not yet
+    pushed to the Hub (``transreg push`` prints the commit): such a tag loads only from
+    its shipped copy. ``local_path`` (relative to the package) is a copy shipped inside
+    the package, used before any download.
     """
 
     arch: str
     tag: str
     hf_hub_id: str
     version: str
-    revision: str
+    revision: str | None
     sha256: str
     local_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.revision is None and not self.local_path:
+            raise ValueError(f"pretrained tag {self.arch}.{self.tag}: revision None (not pushed to the Hub yet) "
+                             "needs local_path, the copy shipped in the package")
         checks = (
             ("version", self.version, r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", "vMAJOR.MINOR.PATCH"),
-            ("revision", self.revision, r"[0-9a-f]{40}", "a 40-hex commit sha"),
+            *((("revision", self.revision, r"[0-9a-f]{40}", "a 40-hex commit sha"),) if self.revision is not None else ()),
             ("sha256", self.sha256, r"[0-9a-f]{64}", "a 64-hex sha256"),
             ("hf_hub_id", self.hf_hub_id, r"[\w.-]+/[\w.-]+", "ORG/NAME"),
         )

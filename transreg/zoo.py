@@ -1,9 +1,16 @@
 """The zoo: trained checkpoints, registered as pretrained tags ``arch.tag``.
 
-Each entry pins a Hub repo, the commit of its version tag and the sha256 of its
-``model.safetensors``, and has a card ``zoo_cards/<arch.tag>.md`` (a test checks both
-directions). ``transreg push`` prints the entry to add here after publishing a version.
-Entries are added only for checkpoints that were trained and evaluated.
+Each entry pins a Hub repo, the commit of its version tag (``revision``; ``None`` until
+``transreg push`` has published it, then the entry loads only from its shipped copy
+``local_path``) and the sha256 of its ``model.safetensors``, and has a card
+``zoo_cards/<arch.tag>.md`` (a test checks both directions). ``transreg push`` prints the
+entry to add here after publishing a version; ``train/zoo_v1.py`` prints the entries of
+the checkpoints it packaged. Entries are added only for checkpoints that were trained and
+evaluated.
+
+:data:`DEFAULT_CHECKPOINT` names the entry that ``transreg register`` (without ``--model``)
+and ``transreg demo`` use; ``None`` until a trained checkpoint ships, when they fall back
+to the untrained architecture :data:`transreg.register.DEFAULT_MODEL`.
 """
 from __future__ import annotations
 
@@ -11,6 +18,9 @@ from . import models  # noqa: F401  (architectures must be registered before the
 from .registry import PretrainedTag, register_pretrained
 
 PRETRAINED: tuple[PretrainedTag, ...] = ()
+
+#: the default checkpoint (``arch.tag`` of an entry above, shipped in the package) or None
+DEFAULT_CHECKPOINT: str | None = None
 
 for _tag in PRETRAINED:
     register_pretrained(_tag)

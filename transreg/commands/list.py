@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             tag = get_pretrained_tag(name)
             where = "bundled, " if tag.local_path else ""
-            print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} ({tag.revision[:12]})")
+            hub = f"({tag.revision[:12]})" if tag.revision else "(not pushed to the Hub yet)"
+            print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} {hub}")
         return 0
     print(f"{'name':<{width}}  {'params (' + str(args.ndim) + '-D)':>16}")
     for name in names:

@@ -3,30 +3,38 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Mapping
 
 from ..cli import CommandError
-from ..register import DEFAULT_MODEL, OUTPUT_FILES, check_output_dir, register, sample_pair
+from ..register import (DEFAULT_MODEL, OUTPUT_FILES, RegistrationResult, check_output_dir, default_model, register,
+                        sample_pair)
+
+
+def default_model_note() -> str:
+    """One sentence on the model used without ``--model`` (trained or not)."""
+    name = default_model()
+    if name == DEFAULT_MODEL:
+        return (f"The default model ({DEFAULT_MODEL}) is an UNTRAINED architecture (random initialisation, "
+                "near-identity deformation) until the model zoo ships a trained default checkpoint: name a "
+                "trained checkpoint with --model for real deformable registration.")
+    return f"The default model is the trained checkpoint {name}, shipped with transreg (no download)."
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
         help="register MOVING onto FIXED (NIfTI): warped image/labels, ITK displacement, overlay, QC report",
-        description=(
-            "Affine pre-alignment, then a deformable network, optionally refined on this pair. "
-            f"The default model ({DEFAULT_MODEL}) is an UNTRAINED architecture (random initialisation, "
-            "near-identity deformation) until the model zoo ships trained checkpoints: name a trained "
-            "checkpoint with --model for real deformable registration."
-        ),
+        description="Affine pre-alignment, then a deformable network, optionally refined on this pair. "
+                    + default_model_note(),
     )
     p.add_argument("moving", nargs="?", type=Path, help="moving image (.nii / .nii.gz, 2-D or 3-D)")
     p.add_argument("fixed", nargs="?", type=Path, help="fixed image (.nii / .nii.gz); outputs live on its grid")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument("--sample", action="store_true",
                    help="register the sample pair shipped with transreg (with its label maps)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=None,
                    help=f"architecture name (random init), checkpoint name, hf-hub:/local-dir: source or "
-                        f"checkpoint folder (default: {DEFAULT_MODEL}, untrained until the zoo lands)")
+                        f"checkpoint folder (default: {default_model()})")
     p.add_argument("--moving-labels", type=Path, help="moving label map: warped to warped_labels.nii.gz")
     p.add_argument("--fixed-labels", type=Path, help="fixed label map: Dice per label in report.json")
     stage = p.add_mutually_exclusive_group()
@@ -53,26 +61,33 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
             "fixed_labels": args.fixed_labels}
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.instance_opt < 0:
-        raise CommandError(f"--instance-opt must be >= 0, got {args.instance_opt}")
-    inputs = _inputs(args)
-    check_output_dir(args.out)
-    result = register(
-        inputs["moving"], inputs["fixed"], model=args.model,
-        moving_labels=inputs["moving_labels"], fixed_labels=inputs["fixed_labels"],
-        affine=not args.no_affine, affine_only=args.affine_only, instance_opt=args.instance_opt,
-        device=args.device, spacing=args.spacing, similarity=args.similarity, progress=print,
-    )
-    written = result.save(args.out)
+def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None = None,
+                       **options: Any) -> tuple[RegistrationResult, dict[str, Path]]:
+    """Register ``inputs`` (``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``) with
+    ``model`` (``None``: the default), write the outputs into ``out`` and print one line per
+    stage and the written files. ``options`` go to :func:`transreg.register`."""
+    check_output_dir(out)
+    result = register(inputs["moving"], inputs["fixed"], model=model, moving_labels=inputs.get("moving_labels"),
+                      fixed_labels=inputs.get("fixed_labels"), progress=print, **options)
+    written = result.save(out)
     report = result.report
     print(f"[write] {len(written)} files ({report['runtime_s']['write']:.1f} s)")
     summary = f"folding {report['folding_percent']:.3f} %"
     if "dice" in report:
         summary += f", mean Dice {report['dice_before']:.3f} before → {report['dice_affine']:.3f} affine → " \
                    f"{report['dice']['mean']:.3f} final"
-    print(f"[done] {summary}; outputs in {args.out.resolve()}/:")
+    print(f"[done] {summary}; outputs in {out.resolve()}/:")
     for name in OUTPUT_FILES:
         if name in written:
             print(f"  {written[name]}")
+    return result, written
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.instance_opt < 0:
+        raise CommandError(f"--instance-opt must be >= 0, got {args.instance_opt}")
+    register_and_write(
+        _inputs(args), args.out, args.model, affine=not args.no_affine, affine_only=args.affine_only,
+        instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
+    )
     return 0

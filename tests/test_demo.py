@@ -1,0 +1,106 @@
+"""`transreg demo` and the zoo's default checkpoint (DEFAULT_CHECKPOINT), without network.
+
+The sample pair is registered on a coarse grid (6 mm) so each run takes seconds.
+"""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import transreg
+from transreg import registry, zoo
+from transreg.checkpoint import CheckpointError, save_pretrained, sha256_file
+from transreg.cli import main as cli_main
+from transreg.register import DEFAULT_MODEL, OUTPUT_FILES, default_model, register, sample_pair
+
+SHIFT = 1.5  # voxels along the first model-grid axis: what the test checkpoint predicts everywhere
+
+
+def _labels_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the non-zero labels present in either map (independent of transreg.metrics)."""
+    scores = []
+    for value in np.union1d(np.unique(a), np.unique(b)):
+        if value == 0:
+            continue
+        x, y = a == value, b == value
+        scores.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
+    return float(np.mean(scores))
+
+
+@pytest.fixture
+def default_checkpoint(tmp_path, monkeypatch):
+    """A tiny VoxelMorph checkpoint (6 mm grid) that predicts a constant shift, registered as
+    the unpublished zoo tag voxelmorph1.zoo_test (revision None, shipped copy in tmp) and
+    made the zoo's default."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = transreg.create_model("voxelmorph1", ndim=3, enc_channels=(4, 8, 8, 8), dec_channels=(8, 8, 8, 8, 8, 4, 4))
+    with torch.no_grad():
+        model.head.conv.weight.zero_()
+        model.head.conv.bias.copy_(torch.tensor([SHIFT, 0.0, 0.0]))
+    folder = save_pretrained(model, tmp_path / "ckpt", preprocessing={"spacing": [6.0, 6.0, 6.0], "orientation": "RAS",
+                                                                     "intensity": "percentile"})
+    tag = registry.PretrainedTag(arch="voxelmorph1", tag="zoo_test", hf_hub_id="transreg-test/not-pushed",
+                                 version="v0.0.1", revision=None, sha256=sha256_file(folder / "model.safetensors"),
+                                 local_path=str(folder))
+    monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
+    monkeypatch.setattr(zoo, "DEFAULT_CHECKPOINT", tag.name)
+    return tag, folder
+
+
+def test_demo_with_the_untrained_fallback(tmp_path, capsys):
+    assert default_model() == DEFAULT_MODEL == "transmorph_tiny"  # no trained default shipped yet
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "-o", str(out), "--spacing", "6", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == DEFAULT_MODEL and report["model"]["trained"] is False
+    assert "UNTRAINED" in printed and f"{report['dice']['mean']:.3f} final" in printed
+    # the reported Dice is the Dice of the written warped labels against the fixed labels
+    warped = np.asarray(nib.load(out / "warped_labels.nii.gz").dataobj)
+    fixed = np.asarray(nib.load(sample_pair()["fixed_labels"]).dataobj)
+    assert report["dice"]["mean"] == pytest.approx(_labels_dice(warped, fixed), abs=1e-3)
+    assert report["dice"]["mean"] > report["dice_before"] + 0.1  # the affine stage aligned the pair
+
+
+def test_zoo_default_checkpoint_is_used_without_model(default_checkpoint):
+    tag, folder = default_checkpoint
+    assert default_model() == tag.name
+    pair = sample_pair()
+    kwargs = dict(moving_labels=pair["moving_labels"], affine=False, device="cpu")
+    by_default = register(pair["moving"], pair["fixed"], **kwargs)
+    explicit = register(pair["moving"], pair["fixed"], model=f"local-dir:{folder}", **kwargs)
+    info = by_default.report["model"]
+    assert info["name"] == tag.name and info["trained"] is True
+    assert info["sha256"] == tag.sha256 and info["commit"] is None and info["version"] == "v0.0.1"
+    assert tuple(by_default.report["preprocessing"]["spacing"]) == (6.0, 6.0, 6.0)
+    assert torch.equal(by_default.transform.coords, explicit.transform.coords)
+    # the shipped weights were loaded: the deformable stage moved voxels by SHIFT model voxels (6 mm each)
+    untrained = register(pair["moving"], pair["fixed"], model=DEFAULT_MODEL, spacing=6.0, **kwargs)
+    moved_mm = np.abs(by_default.transform.displacement_world() - untrained.transform.displacement_world())
+    assert np.median(moved_mm.max(axis=0)) == pytest.approx(SHIFT * 6.0, abs=0.5)
+
+
+def test_demo_uses_the_zoo_default(default_checkpoint, tmp_path, capsys):
+    tag, _ = default_checkpoint
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == tag.name and report["model"]["trained"] is True
+    assert "UNTRAINED" not in printed and tag.name in printed
+
+
+def test_unpublished_tag_needs_its_shipped_copy(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="needs local_path"):
+        registry.PretrainedTag(arch="voxelmorph1", tag="x", hf_hub_id="a/b", version="v1.0.0", revision=None,
+                               sha256="0" * 64)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tag = registry.PretrainedTag(arch="voxelmorph1", tag="gone", hf_hub_id="a/b", version="v1.0.0", revision=None,
+                                 sha256="0" * 64, local_path=str(tmp_path / "missing"))
+    monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
+    with pytest.raises(CheckpointError, match="not on the Hub yet"):
+        transreg.create_model(tag.name, pretrained=True)
