@@ -80,10 +80,11 @@ class UpBlock(nn.Module):
                 parts.append(skip[:, :, lo:hi])
             rows = conv_concat(conv, parts)[:, :, a - lo : b - lo]
             if out is None:
-                out = rows.new_empty(rows.shape[:2] + (fine,) + rows.shape[3:]).contiguous(
-                    memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-                )
+                layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+                out = torch.empty(rows.shape[:2] + (fine,) + rows.shape[3:], dtype=rows.dtype,
+                                  device=rows.device, memory_format=layout)
             out[:, :, a:b] = rows
+            del up, parts, rows  # before the next slab's are made
         return out
 
 
