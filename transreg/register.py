@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .affine import affine_align
+from .inference import Precision, predict
 from .io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
 from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, spatial_affine, voxel_map
 from .spatial import warp
@@ -332,6 +333,7 @@ def register(
     device: str | torch.device | None = None,
     spacing: float | None = None,
     similarity: str = "ncc",
+    precision: Precision = "fp32",
     progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (paths to NIfTI files or :class:`Image` s).
@@ -343,7 +345,8 @@ def register(
     ``spacing`` (mm) overrides it. ``affine=False`` skips the affine stage,
     ``affine_only`` stops after it; ``instance_opt`` Adam steps refine the network's
     displacement on this pair. ``similarity`` (``"ncc"`` or ``"mi"``) drives the affine
-    stage. ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
+    stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
+    (:func:`transreg.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
     :class:`~transreg.io.ImageError` (a ``ValueError``) for unusable inputs.
     """
     if affine_only and not affine:
@@ -391,8 +394,7 @@ def register(
 
     flow = torch.zeros(1, ndim, *model_grid.shape, device=device)
     if net is not None:
-        with torch.no_grad():
-            flow = net(moving_model, fixed_model).flow.float()
+        flow = predict(net, moving_model, fixed_model, precision=precision).flow.clone()
         stages.done("deformable", f"max displacement {flow.abs().max().item():.2f} voxels")
         if instance_opt:
             flow = _instance_optimise(flow, moving_model, fixed_model, instance_opt, instance_opt_weight,
@@ -418,6 +420,7 @@ def register(
                           "model_grid_affine": model_grid.affine, "moving_intensity": moving_rec,
                           "fixed_intensity": fixed_rec},
         "affine": affine_report,
+        "precision": precision if net is not None else None,
         "instance_opt_steps": instance_opt,
         "folding_percent": _folding(flow),
     }

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cli import CommandError
+from ..inference import PRECISIONS
 from ..register import (DEFAULT_MODEL, OUTPUT_FILES, RegistrationResult, check_output_dir, default_model, register,
                         sample_pair)
 
@@ -47,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--spacing", type=float, default=None, metavar="MM",
                    help="model grid spacing in mm (default: the model's, else 2 mm)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="network inference precision (bf16: faster, half the memory)")
     p.set_defaults(func=run)
 
 
@@ -89,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
     register_and_write(
         _inputs(args), args.out, args.model, affine=not args.no_affine, affine_only=args.affine_only,
         instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
+        precision=args.precision,
     )
     return 0
