@@ -131,12 +131,12 @@ def _step_of(run: Path) -> int:
     return int(ckpt.name[5:]) if ckpt is not None else 0
 
 
-def train(arch: str, args: argparse.Namespace) -> bool:
-    """Train (or resume) one architecture; True when its final checkpoint exists."""
+def train(arch: str, args: argparse.Namespace) -> int:
+    """Train (or resume) one architecture → the exit status of ``transreg train`` (0: done)."""
     run = args.runs / arch
     if (run / "final" / "model.safetensors").is_file():
         log(f"{arch}: trained already ({run}/final)")
-        return True
+        return 0
     cmd = [sys.executable, "-m", "transreg", "train"]
     if (run / "config.yaml").is_file():
         cmd += ["--out", str(run), "--resume"]  # the run's own resolved config, not today's recipe
@@ -158,15 +158,14 @@ def train(arch: str, args: argparse.Namespace) -> bool:
         done = (run / "final" / "model.safetensors").is_file()
         session = {"start": dt.datetime.fromtimestamp(start).isoformat(timespec="seconds"),
                    "seconds": round(time.time() - start, 1), "from_step": start_step,
-                   "to_step": "final" if done else _step_of(run), "exit_code": code if child.returncode is not None else None,
+                   "to_step": "final" if done else _step_of(run), "exit_code": child.returncode,
                    "machine": machine()}
         run.mkdir(parents=True, exist_ok=True)
         with (run / "sessions.jsonl").open("a") as f:
             f.write(json.dumps(session) + "\n")
     if code != 0:
         log(f"{arch}: training stopped (exit {code}); run this script again to resume")
-        return False
-    return True
+    return code
 
 
 def training_summary(run: Path) -> dict:
@@ -189,16 +188,30 @@ def training_summary(run: Path) -> dict:
 # --------------------------------------------------------------------------- evaluate
 
 
+MODALITY = "T1-weighted-like brain MR, skull-stripped (trained on synthetic intensities)"
+
+
 def stage_checkpoints(archs: list[str], args: argparse.Namespace) -> Path:
-    """``RUNS/checkpoints/ARCH.synth_brain/`` = the final config.json + model.safetensors
-    (the folder name is the method's name in the comparison table)."""
+    """``RUNS/checkpoints/ARCH.synth_brain/`` = the final model.safetensors and config.json,
+    with the modality the trainer cannot know filled in (the folder name is the method's
+    name in the comparison table)."""
     root = args.runs / "checkpoints"
     for arch in archs:
         folder = root / checkpoint_name(arch)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(args.runs / arch / "final" / name, folder / name)
+        shutil.copyfile(args.runs / arch / "final" / "model.safetensors", folder / "model.safetensors")
+        config = json.loads((args.runs / arch / "final" / "config.json").read_text())
+        config["preprocessing"]["modality"] = config["preprocessing"].get("modality") or MODALITY
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return root
+
+
+def _shown(path: str) -> str:
+    """A path as the card shows it: relative to the repository when inside it."""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path
 
 
 def evaluate(archs: list[str], args: argparse.Namespace) -> None:
@@ -281,7 +294,7 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
     training_text = "\n".join([
         f"- recipe: `train/configs/zoo_v1.yaml` (one recipe for every zoo v1 architecture; only `--model` changes), "
         f"reproduce with `python train/zoo_v1.py --archs {arch}`",
-        f"- data: {c['data']['train']} (SynthSeg 01-07 + 14 HCP training subjects, affinely pre-aligned, 2 mm, "
+        f"- data: `{_shown(c['data']['train'])}` (SynthSeg 01-07 + 14 HCP training subjects, affinely pre-aligned, 2 mm, "
         f"synthetic T1-like intensities), random inter-subject pairs, size {c['data']['size']}, small affine augmentation",
         f"- loss: {c['loss']['sim_weight']} × NCC({c['loss']['similarity_args'].get('window', 9)}) + "
         f"{c['loss']['reg_weight']} × diffusion; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
@@ -385,10 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     stages = args.stages or list(STAGES)
     if "prepare" in stages or "train" in stages:
         prepare(args.data)
+    failed = []
     if "train" in stages:
         for arch in args.archs:
-            if not train(arch, args):
-                return 1
+            code = train(arch, args)
+            if code in (130, -signal.SIGINT, -signal.SIGTERM, 143):  # stopped by a signal: stop everything
+                return code
+            if code != 0:  # diverged or broken: the next architecture still trains
+                failed.append(arch)
     trained = [a for a in args.archs if (args.runs / a / "final" / "model.safetensors").is_file()]
     if "evaluate" in stages:
         if not trained:
@@ -396,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(trained, args)
     if "package" in stages:
         package(trained, args)
-    return 0
+    if failed:
+        log(f"training failed for {', '.join(failed)} (see their logs above)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
