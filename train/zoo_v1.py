@@ -173,7 +173,8 @@ def training_summary(run: Path) -> dict:
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    sessions = [json.loads(l) for l in (run / "sessions.jsonl").read_text().splitlines() if l.strip()]
+    log_file = run / "sessions.jsonl"  # absent when the run was trained without this driver
+    sessions = [json.loads(l) for l in log_file.read_text().splitlines() if l.strip()] if log_file.is_file() else []
     seconds = sum(s["seconds"] for s in sessions)
     steps = int(config["run"]["steps"])
     val = [json.loads(l) for l in (run / "validation.jsonl").read_text().splitlines() if l.strip()] \
@@ -299,8 +300,9 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
         f"- loss: {c['loss']['sim_weight']} × NCC({c['loss']['similarity_args'].get('window', 9)}) + "
         f"{c['loss']['reg_weight']} × diffusion; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
         f"batch {c['data']['batch_size']}, {t['steps']} steps, seed {c['run']['seed']}, precision {c['run']['precision']}",
-        f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s), "
-        f"{t['seconds_per_step']:.1f} s per step",
+        (f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s), "
+         f"{t['seconds_per_step']:.1f} s per step" if t["sessions"] else
+         "- training time: not recorded (trained without train/zoo_v1.py)"),
         f"- hardware: {t['machine']}",
         f"- validation Dice (aligned validation pairs, all labels, during training): {val_dice}",
     ])
