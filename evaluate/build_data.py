@@ -215,6 +215,7 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
     """Every chosen subject affinely registered (transreg's affine stage) to the common
     space of the reference subject :data:`REFERENCE` → ``aligned/<subject>/``."""
     from transreg import register
+    from transreg.evaluation.methods import affine_world_matrix
     from transreg.io import Image, load_image
     from transreg.preprocess import Grid, coordinates, resample_image, sample, voxel_map
 
@@ -235,7 +236,7 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
             moving_labels = load_image(out / "native" / src.name / "labels.nii.gz", labels=True)
             result = register(moving, fixed, affine_only=True, moving_labels=moving_labels, device=device)
             image, labels = result.warped.data, result.warped_labels.data
-            world = np.asarray(result.report["affine"]["matrix"])
+            world = affine_world_matrix(3, result.report)
         folder = out / "aligned" / src.name
         _save(folder / "image.nii.gz", np.clip(np.rint(image), 0, 255).astype(np.uint8), target.affine)
         _save(folder / "labels.nii.gz", np.asarray(labels).astype(np.int16), target.affine)

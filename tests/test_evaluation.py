@@ -181,6 +181,8 @@ def test_compare_writes_table_and_plots(pairs_csv: Path, tmp_path: Path, monkeyp
         p.numel() for p in __import__("transreg").create_model("voxelmorph1", ndim=3).parameters())
     assert float(summary["voxelmorph1"]["macs"]) > 0 and summary["identity"]["macs"] == ""
     assert float(summary["voxelmorph1"]["peak_memory_mib"]) > 0
+    # the affine baseline's map is purely affine: no deformable part (needs the affine stage's matrix)
+    assert float(summary["affine"]["sdlogj_mean"]) < 1e-4 and float(summary["affine"]["folding_percent_mean"]) == 0
     # one anatomy in three rigid poses: the affine stage must undo them
     assert float(summary["affine"]["dice_mean"]) > 0.85 > float(summary["identity"]["dice_mean"]) + 0.2
     text = (out / "summary.md").read_text()

@@ -80,9 +80,20 @@ class Method:
         return None
 
 
-def _world(ndim: int, report: dict[str, Any]) -> np.ndarray:
-    matrix = (report.get("affine") or {}).get("matrix")
-    return np.eye(ndim + 1) if matrix is None else np.asarray(matrix, dtype=np.float64)
+AFFINE_KEYS = ("world_matrix_fixed_to_moving_ras_mm", "matrix")  # report.json key, newest first
+
+
+def affine_world_matrix(ndim: int, report: dict[str, Any]) -> np.ndarray:
+    """The affine stage's world map (fixed → moving, RAS mm) from :func:`transreg.register`'s
+    report; identity when the stage was off. A report without it is an error, never identity."""
+    stage = report.get("affine") or {}
+    if not stage.get("enabled", False):
+        return np.eye(ndim + 1)
+    for key in AFFINE_KEYS:
+        if stage.get(key) is not None:
+            return np.asarray(stage[key], dtype=np.float64)
+    raise RuntimeError(f"transreg.register's report has no affine matrix (looked for {', '.join(AFFINE_KEYS)}); "
+                       f"its affine section has {sorted(stage)}")
 
 
 class IdentityMethod(Method):
@@ -101,7 +112,7 @@ class AffineMethod(Method):
     def align(self, pair: PairImages) -> Alignment:
         result = register(pair.moving, pair.fixed, affine_only=True, moving_labels=pair.moving_labels,
                           device=self.device)
-        return Alignment(result.transform.coords, _world(pair.fixed.ndim, result.report), result.warped_labels.data)
+        return Alignment(result.transform.coords, affine_world_matrix(pair.fixed.ndim, result.report), result.warped_labels.data)
 
 
 class NetworkMethod(Method):
@@ -131,7 +142,7 @@ class NetworkMethod(Method):
         net = self._network(pair.fixed.ndim)
         result = register(pair.moving, pair.fixed, model=net, moving_labels=pair.moving_labels, device=self.device)
         self.cost.setdefault("eval_size", tuple(result.report["preprocessing"]["model_grid_shape"]))
-        return Alignment(result.transform.coords, _world(pair.fixed.ndim, result.report), result.warped_labels.data)
+        return Alignment(result.transform.coords, affine_world_matrix(pair.fixed.ndim, result.report), result.warped_labels.data)
 
     def measure_cost(self, shape: tuple[int, ...]) -> None:
         from torch.utils.flop_counter import FlopCounterMode
@@ -194,7 +205,7 @@ class AntsSyNMethod(Method):
         identity = coordinates(np.eye(ndim + 1), pair.fixed.shape, self.device)
         coords = sample(affine.transform.coords[None], identity + disp, padding="border")[0]
         transform = Transform(coords, pair.fixed.affine, pair.moving.affine)
-        return Alignment(coords, _world(ndim, affine.report), transform.apply(pair.moving_labels.data, labels=True))
+        return Alignment(coords, affine_world_matrix(ndim, affine.report), transform.apply(pair.moving_labels.data, labels=True))
 
 
 def make_method(name: str, device: torch.device) -> Method:

@@ -3,6 +3,7 @@ one colour per method (the TransMorph paper's figure), and mean Dice against run
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,11 +85,10 @@ def plot_dice_vs_runtime(summary: Sequence[dict[str, Any]], path: str | Path, ti
         runtime = max(row["runtime_median_s"], 1e-4)
         ax.errorbar(runtime, row["dice_mean"], yerr=row["dice_std"], fmt="o", color=colours(i % 10),
                     capsize=3, label=row["method"])
-        ax.annotate(row["method"], (runtime, row["dice_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("runtime per pair, median (s, log scale)")
     ax.set_ylabel("mean Dice over structures (mean ± std over pairs)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -91,6 +91,7 @@ def _markdown(evaluation: Evaluation, title: str, command: str, data: str, devic
         label_line = f"Dice over {len(sets[0])} labels: {', '.join(map(str, sets[0]))}"
     else:
         label_line = f"Dice over per-pair label sets ({len(sets)} different)"
+    warmup = " after one warm-up run" if evaluation.warmup else " (no warm-up run)"
     lines = [
         f"# {title}", "",
         f"- command: `{command}`",
@@ -104,7 +105,7 @@ def _markdown(evaluation: Evaluation, title: str, command: str, data: str, devic
         "percentile symmetric surface distance in mm, mean over the structures present in both maps; % folding "
         "(Jacobian determinant ≤ 0, central differences) and SDlogJ (Learn2Reg) of the deformable part of the map "
         "on the fixed grid (zero for identity and affine); runtime = wall time of the full registration of one "
-        "pair (affine stage included, files already in memory), median over pairs after one warm-up run; MACs "
+        f"pair (affine stage included, files already in memory), median over pairs{warmup}; MACs "
         "(= FLOPs / 2, torch.utils.flop_counter) and peak memory of one forward pass of the network at the "
         "evaluated size (batch 1, fp32; CUDA: peak allocated; CPU: peak resident memory of a fresh process above "
         "its size after importing torch).",

@@ -66,6 +66,7 @@ class Evaluation:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     label_sets: list[tuple[int, ...]] = field(default_factory=list)
+    warmup: bool = True
     summary: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -107,7 +108,7 @@ def evaluate(methods: Sequence[Method], pairs: Sequence[EvalPair], labels: str |
     ``warmup``: one untimed run of each method on the first pair before the timed runs.
     """
     cache = _ImageCache()
-    result = Evaluation()
+    result = Evaluation(warmup=warmup)
     label_sets: set[tuple[int, ...]] = set()
     for method in methods:
         if warmup:
