@@ -66,12 +66,12 @@ def make_pair(ndim: int, seed: int, size: int, truth: np.ndarray):
     return grid, as_tensor(fixed), as_tensor(moving), points, fixed.ravel() > 0.1
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_recovers_random_3d_affine_within_1mm(seed):
+@pytest.mark.parametrize("seed,similarity", [(0, "ncc"), (1, "ncc"), (2, "mi")])
+def test_recovers_random_3d_affine_within_1mm(seed, similarity):
     truth = random_affine(3, np.random.default_rng(seed))
     grid, fixed, moving, points, inside = make_pair(3, seed, 48, truth)
     before = np.linalg.norm(points - apply(truth, points), axis=0)[inside].mean()
-    result = affine_align(moving, grid, fixed, grid)
+    result = affine_align(moving, grid, fixed, grid, similarity=similarity)
     error = np.linalg.norm(apply(result.matrix, points) - apply(truth, points), axis=0)[inside]
     assert before > 4.0  # the problem is not trivial
     assert error.mean() < 1.0, (before, error.mean())

@@ -332,7 +332,7 @@ def register(
     instance_opt_lr: float = 0.1,
     device: str | torch.device | None = None,
     spacing: float | None = None,
-    similarity: str = "ncc",
+    similarity: str = "mi",
     precision: Precision = "fp32",
     progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
@@ -344,8 +344,8 @@ def register(
     ``preprocessing`` (spacing, orientation, intensity, size) sets the model grid;
     ``spacing`` (mm) overrides it. ``affine=False`` skips the affine stage,
     ``affine_only`` stops after it; ``instance_opt`` Adam steps refine the network's
-    displacement on this pair. ``similarity`` (``"ncc"`` or ``"mi"``) drives the affine
-    stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
+    displacement on this pair. ``similarity`` (``"mi"``, the default: robust to contrast
+    differences between subjects and scanners, or ``"ncc"``) drives the affine stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
     (:func:`transreg.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
     :class:`~transreg.io.ImageError` (a ``ValueError``) for unusable inputs.
     """

@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     stage.add_argument("--affine-only", action="store_true", help="stop after the affine stage (no network)")
     p.add_argument("--instance-opt", type=int, default=0, metavar="STEPS",
                    help="refine the network's displacement on this pair for STEPS Adam steps")
-    p.add_argument("--similarity", choices=("ncc", "mi"), default="ncc",
-                   help="similarity of the affine stage (mi for different contrasts)")
+    p.add_argument("--similarity", choices=("mi", "ncc"), default="mi",
+                   help="similarity of the affine stage: mutual information (default; robust to contrast "
+                        "differences) or local NCC (same contrast)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--spacing", type=float, default=None, metavar="MM",
                    help="model grid spacing in mm (default: the model's, else 2 mm)")
