@@ -109,14 +109,15 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
             loss.backward()
             optimiser.step()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = _timed(step, device, warmup, repeats)
+    # read the peak before counting FLOPs: the counter's dispatch hooks keep more alive
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
     return {
         "arch": arch, "size": "×".join(map(str, size)), "mode": mode, "precision": precision,
         "params": params, "gflop": flops / 1e9,
@@ -140,6 +141,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (time after warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--retain-memory", action="store_true",
+                        help="transreg.inference.retain_freed_memory(): no page faults, higher resident peak")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "speed.md")
@@ -150,6 +153,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.retain_memory:
+        from transreg.inference import retain_freed_memory
+
+        retain_freed_memory()
     if args.child:
         arch, size, mode, precision = args.child
         result = measure_one(arch, tuple(int(s) for s in size.split(",")), mode, precision,
@@ -165,6 +172,8 @@ def main() -> None:
         common += ["--threads", str(args.threads)]
     if args.compile:
         common.append("--compile")
+    if args.retain_memory:
+        common.append("--retain-memory")
     limits = {p: measure_limit(args.device, p) for p in args.precisions}
     rows = []
     for arch in models:
@@ -197,7 +206,8 @@ def main() -> None:
         "- limit (measured here, large conv3d / matmul): "
         + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in limits.items()),
         "- time: median of the repeats after warm-up, batch 1; train = forward + NCC(9) + diffusion + backward + Adam step"
-        " (train-ckpt: with gradient checkpointing in encoder and decoder)" + ("; torch.compile" if args.compile else "") + ";"
+        " (train-ckpt: with gradient checkpointing in encoder and decoder)" + ("; torch.compile" if args.compile else "")
+        + ("; freed memory retained (transreg.inference.retain_freed_memory)" if args.retain_memory else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
         " peak allocated on CUDA; GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
         header, *lines, "",

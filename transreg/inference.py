@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .models.base import RegistrationOutput
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "predict"]
+__all__ = ["PRECISIONS", "Precision", "autocast", "predict", "retain_freed_memory"]
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -52,3 +52,28 @@ def predict(model: nn.Module, moving: Tensor, fixed: Tensor, precision: Precisio
         warped=out.warped.float() if out.warped.is_floating_point() else out.warped,
         velocity=None if out.velocity is None else out.velocity.float(),
     )
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed memory in this process instead of returning it to the kernel (glibc).
+
+    glibc gives every freed block larger than its mmap threshold back to the kernel, so
+    each large activation of a full-resolution forward pass is page-faulted in again;
+    this setting (``mallopt``: no mmap for large blocks, no trimming) removes those
+    faults: ``transmorph`` at 160×192×224 on 2 CPU cores, fp32: 9.5 s → 5.6 s, at the
+    price of a higher resident peak (3.5 → 5.4 GiB; the heap keeps its high-water mark).
+    Process-wide and irreversible; a no-op (returns ``False``) where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

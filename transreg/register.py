@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 
 from .affine import affine_align
 from .inference import Precision, predict
+from .outputs import OutputError, check_output_dir, write_atomically
 from .io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
 from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, spatial_affine, voxel_map
 from .spatial import warp
@@ -45,9 +44,6 @@ ImageSource = Union[str, "os.PathLike[str]", Image]  # a NIfTI path or a loaded 
 OUTPUT_FILES = ("warped.nii.gz", "warped_labels.nii.gz", "displacement_itk.nii.gz",
                 "displacement_voxel.nii.gz", "overlay.png", "report.json")
 
-
-class OutputError(ValueError):
-    """The output folder cannot be written."""
 
 
 def default_model() -> str:
@@ -139,34 +135,18 @@ class RegistrationResult:
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write every output into ``out_dir`` (created if needed) → ``{name: path}``.
 
-        Files are written into a temporary folder inside ``out_dir`` and moved into place
-        only when all succeeded: a failure leaves no partial output behind.
+        All files are written first and moved into place together: a failure leaves no
+        partial output behind (:func:`transreg.outputs.write_atomically`).
         """
-        out = Path(out_dir)
-        created = check_output_dir(out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".transreg-", dir=out))
-        except OSError as err:
-            raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-        try:
+        def write(folder: Path) -> list[str]:
             start = time.perf_counter()
-            written = self._write(tmp)
+            names = self._write(folder)
             self.report["runtime_s"]["write"] = round(time.perf_counter() - start, 3)
-            self.report["outputs"] = sorted(written)
-            (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default) + "\n")
-            written.append("report.json")
-            for name in written:
-                os.replace(tmp / name, out / name)
-        except Exception as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            if isinstance(err, OSError):
-                raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-            raise
-        tmp.rmdir()
-        return {name: out / name for name in written}
+            self.report["outputs"] = sorted(names)
+            (folder / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default) + "\n")
+            return names + ["report.json"]
+
+        return write_atomically(out_dir, write)
 
     def _write(self, folder: Path) -> list[str]:
         from .overlay import save_overlay  # matplotlib only when writing
@@ -191,25 +171,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)
-
-
-def check_output_dir(out: Path) -> bool:
-    """Raise :class:`OutputError` unless ``out`` is (or can be created as) a writable
-    folder; returns whether it does not exist yet. Creates nothing."""
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(f"output folder {out} exists and is not a folder")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {out} is not writable")
-        return False
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot create output folder {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create output folder {out}: {parent} is not writable")
-    return True
 
 
 # --------------------------------------------------------------------------- inputs

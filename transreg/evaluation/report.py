@@ -11,13 +11,12 @@ import datetime
 import math
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from ..outputs import write_atomically
 from .plots import plot_dice_boxplot, plot_dice_vs_runtime
 from .runner import Evaluation
 
@@ -118,27 +117,14 @@ def _markdown(evaluation: Evaluation, title: str, command: str, data: str, devic
 def write_results(out: Path, evaluation: Evaluation, title: str, command: str, data: str,
                   device: torch.device) -> dict[str, Path]:
     """Write the five outputs into ``out`` (created if needed) → ``{name: path}``."""
-    from ..register import OutputError, check_output_dir
-
-    created = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".transreg-", dir=out))
-    try:
-        _write_per_pair(tmp / "per_pair.csv", evaluation.rows)
-        _write_summary_csv(tmp / "summary.csv", evaluation.summary)
-        (tmp / "summary.md").write_text(_markdown(evaluation, title, command, data, device))
+    def write(folder: Path) -> list[str]:
+        _write_per_pair(folder / "per_pair.csv", evaluation.rows)
+        _write_summary_csv(folder / "summary.csv", evaluation.summary)
+        (folder / "summary.md").write_text(_markdown(evaluation, title, command, data, device))
         methods = [r["method"] for r in evaluation.summary]
-        plot_dice_boxplot(evaluation.rows, methods, tmp / "dice_boxplot.png", title)
-        plot_dice_vs_runtime(evaluation.summary, tmp / "dice_vs_runtime.png", title)
-        for name in OUTPUT_FILES:
-            os.replace(tmp / name, out / name)
-    except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-        raise
-    tmp.rmdir()
-    return {name: out / name for name in OUTPUT_FILES}
+        plot_dice_boxplot(evaluation.rows, methods, folder / "dice_boxplot.png", title)
+        plot_dice_vs_runtime(evaluation.summary, folder / "dice_vs_runtime.png", title)
+        return list(OUTPUT_FILES)
+
+    return write_atomically(out, write)
 
