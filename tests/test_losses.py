@@ -37,7 +37,8 @@ def brute_force_ncc_map(a: np.ndarray, b: np.ndarray, window: int, eps: float = 
 
 @pytest.mark.parametrize(
     "shape, window",
-    [((2, 1, 7, 8, 9), 9), ((2, 1, 7, 8, 9), 5), ((1, 2, 13, 11), 9), ((1, 2, 13, 11), 3)],
+    [((2, 1, 7, 8, 9), 9), ((2, 1, 7, 8, 9), 5), ((1, 2, 13, 11), 9), ((1, 2, 13, 11), 3),
+     ((1, 1, 12, 10, 9), 7), ((1, 1, 15, 14), 11)],  # every bit pattern of the doubling box sum
 )
 def test_ncc_matches_brute_force_with_borders(shape, window):
     a = torch.rand(shape)
