@@ -289,9 +289,10 @@ def count_parameters(folder: str | os.PathLike[str]) -> int:
     return total
 
 
-def _named(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_NAMED])
-    return shown + (f" ... and {len(keys) - _MAX_NAMED} more" if len(keys) > _MAX_NAMED else "")
+def named_list(items: list[str]) -> str:
+    """The first few ``items`` comma-separated, then "... and N more" (for error messages)."""
+    shown = ", ".join(items[:_MAX_NAMED])
+    return shown + (f" ... and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else "")
 
 
 def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -302,11 +303,11 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path:
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_named(missing)}")
+        problems.append(f"missing keys: {named_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_named(unexpected)}")
+        problems.append(f"unexpected keys: {named_list(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatches: {_named(shapes)}")
+        problems.append(f"shape mismatches: {named_list(shapes)}")
     if problems:
         raise StateDictMismatchError(
             f"{path} does not fit {getattr(model, 'architecture', type(model).__name__)}: " + "; ".join(problems)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cards
-from .checkpoint import save_pretrained, sha256_file
+from .checkpoint import named_list, save_pretrained, sha256_file
 from .registry import build_architecture
 
 __all__ = ["KINDS", "ConversionError", "read_checkpoint", "read_config", "model_args", "convert_state_dict",
@@ -58,11 +58,6 @@ _CLASS_KIND = {"TransMorph": "transmorph", "TransMorphDiff": "transmorph_diff", 
 
 class ConversionError(ValueError):
     """An original checkpoint that cannot be converted (the message says why)."""
-
-
-def _named(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_NAMED])
-    return shown + (f" ... and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else "")
 
 
 # --------------------------------------------------------------------------- reading
@@ -98,7 +93,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise ConversionError(f"{path} holds a {type(obj).__name__}{keys}, not a state dict or {{'state_dict': ...}}")
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise ConversionError(f"{path}: the state dict has entries that are not named tensors: {_named(bad)}")
+        raise ConversionError(f"{path}: the state dict has entries that are not named tensors: {named_list(bad)}")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
@@ -170,7 +165,7 @@ def _check_keys(config: Mapping[str, Any], known: set[str], kind: str) -> None:
     unknown = sorted(set(config) - known)
     if unknown:
         raise ConversionError(
-            f"unknown config keys for {kind}: {_named(unknown)} (expected keys of the original config: "
+            f"unknown config keys for {kind}: {named_list(unknown)} (expected keys of the original config: "
             f"{', '.join(sorted(known))})"
         )
 
@@ -393,7 +388,7 @@ def convert_state_dict(kind: str, state: Mapping[str, Tensor], model: nn.Module)
     if detected is None:
         raise ConversionError(
             f"the checkpoint is not one of the original TransMorph, TransMorph-diff, ViT-V-Net or VoxelMorph "
-            f"networks (its keys start {_named(sorted(state)[:3])})"
+            f"networks (its keys start {named_list(sorted(state)[:3])})"
         )
     if detected != family:
         hint = "voxelmorph1 or voxelmorph2" if detected == "voxelmorph" else detected
@@ -423,11 +418,11 @@ def convert_state_dict(kind: str, state: Mapping[str, Tensor], model: nn.Module)
               for k, v in converted.items() if v.shape != expected[k].shape]
     problems = []
     if shapes:
-        problems.append(f"shape mismatches (the config does not match the weights): {_named(shapes)}")
+        problems.append(f"shape mismatches (the config does not match the weights): {named_list(shapes)}")
     if unmatched:
-        problems.append(f"checkpoint keys without a transreg counterpart: {_named(unmatched)}")
+        problems.append(f"checkpoint keys without a transreg counterpart: {named_list(unmatched)}")
     if missing:
-        problems.append(f"transreg keys missing from the checkpoint: {_named(missing)}")
+        problems.append(f"transreg keys missing from the checkpoint: {named_list(missing)}")
     if problems:
         raise ConversionError(f"the checkpoint does not fit {kind} with this config: " + "; ".join(problems))
     if family == "transmorph_diff":
