@@ -28,12 +28,17 @@ ids) first 14 train, next 2 validation, last 4 test. Outputs under ``--out``::
     test_pairs.csv               all ordered SynthSeg test pairs (native position) — the aseg benchmark
     test_pairs_hcp.csv           all ordered HCP test pairs (native position)
     val_pairs.csv, val_pairs_hcp.csv
-    train_aligned.csv, val_aligned.csv   image,labels of the aligned volumes (for `transreg train`)
+    train_aligned.csv, val_aligned.csv   image,labels,group (dataset) of the aligned volumes (for
+                                         `transreg train`: random pairs within a dataset)
 
 ``aligned/`` holds every subject affinely registered by transreg's affine stage
 (:func:`transreg.register` with ``affine_only=True``) to one common space: the first
 SynthSeg training subject resampled to an RAS grid of ``--aligned-size`` voxels at
-``--spacing`` mm centred on its brain. The same command gives the same files.
+``--spacing`` mm centred on its brain. In the aligned label maps the HCP labels are
+shifted by 100 (101 white matter … 105 thalamus) so that one training run mixing both
+datasets has one label numbering in which no HCP class shares a value with an aseg
+structure (a Dice term then compares only like with like). The same command gives the
+same files.
 
     python evaluate/build_data.py                       # 2 mm, all subjects → data/bench_2mm
     python evaluate/build_data.py --spacing 1 --out data/bench_1mm
@@ -60,6 +65,7 @@ SEED = 20240601
 # HCP label → the aseg label whose T1 generation class it takes; 0 inside the brain mask → CSF (24)
 HCP_AS_ASEG = {1: 2, 2: 3, 3: 17, 4: 18, 5: 10}
 HCP_MASK_AS_ASEG = 24
+HCP_ALIGNED_LABEL_OFFSET = 100  # aligned HCP labels 101-105: disjoint from the aseg values
 REFERENCE = "synthseg_01"  # the common space of the aligned copies
 ALIGNED_SIZE_2MM = (96, 112, 96)
 SYNTHSEG_SPLIT = {"train": range(1, 8), "val": range(8, 10), "test": range(10, 13)}
@@ -237,6 +243,8 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
             result = register(moving, fixed, affine_only=True, moving_labels=moving_labels, device=device)
             image, labels = result.warped.data, result.warped_labels.data
             world = affine_world_matrix(3, result.report)
+        if src.dataset == "hcp":
+            labels = np.where(labels > 0, labels + HCP_ALIGNED_LABEL_OFFSET, 0)
         folder = out / "aligned" / src.name
         _save(folder / "image.nii.gz", np.clip(np.rint(image), 0, 255).astype(np.uint8), target.affine)
         _save(folder / "labels.nii.gz", np.asarray(labels).astype(np.int16), target.affine)
@@ -279,9 +287,9 @@ def build(data: Path, out: Path, spacing: int = 2, subjects: list[str] | None = 
         size = tuple(aligned_size) if aligned_size else tuple(n * 2 // spacing for n in ALIGNED_SIZE_2MM)
         align_all(chosen, out, float(spacing), size, device, log)
         for split in ("train", "val"):
-            names = [s.name for s in chosen if s.split == split]
-            _write_csv(out / f"{split}_aligned.csv", ["image", "labels"],
-                       [[f"aligned/{n}/image.nii.gz", f"aligned/{n}/labels.nii.gz"] for n in names])
+            _write_csv(out / f"{split}_aligned.csv", ["image", "labels", "group"],
+                       [[f"aligned/{s.name}/image.nii.gz", f"aligned/{s.name}/labels.nii.gz", s.dataset]
+                        for s in chosen if s.split == split])
     return chosen
 
 

@@ -1,6 +1,7 @@
 """Make the sample pair shipped in ``transreg/assets/sample/`` (run from the repo root).
 
-Two real SynthSeg training label maps (subjects 01 → moving, 02 → fixed; github.com/
+Two real SynthSeg label maps (subjects 10 → moving, 11 → fixed: test subjects of
+evaluate/build_data.py's split, never seen by the zoo's training; github.com/
 BBillot/SynthSeg, Apache-2.0, Billot et al., MedIA 2023) are subsampled from 1 mm to
 2 mm (every second voxel, so the grid points are original voxel centres), reduced to the
 brain labels (FreeSurfer aseg labels < 100; skull and other extra-cerebral labels become
@@ -21,7 +22,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-SUBJECTS = {"moving": ("training_seg_01.nii.gz", 1), "fixed": ("training_seg_02.nii.gz", 2)}
+SUBJECTS = {"moving": ("training_seg_10.nii.gz", 10), "fixed": ("training_seg_11.nii.gz", 11)}
 MARGIN = 3
 
 

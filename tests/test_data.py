@@ -254,6 +254,30 @@ def test_pair_dataset_random_and_atlas(tmp_path):
         PairDataset(items[:1])
 
 
+def test_random_pairs_stay_within_their_group(tmp_path):
+    groups = ["a", "a", "b", "b", "b"]
+    for i in range(5):
+        image, labels = _subject_arrays(i)
+        _save(tmp_path / f"s{i}.nii.gz", image)
+        _save(tmp_path / f"s{i}_seg.nii.gz", labels)
+    (tmp_path / "list.csv").write_text("image,labels,group\n" + "".join(
+        f"s{i}.nii.gz,s{i}_seg.nii.gz,{g}\n" for i, g in enumerate(groups)))
+    subjects, _ = read_csv(tmp_path / "list.csv")
+    assert [s.group for s in subjects] == groups
+    train, _ = build_datasets(DataConfig(train=str(tmp_path / "list.csv"), size=[16, 16, 16]))
+    subject_of = {round(float(it["image"].sum()), 3): i for i, it in enumerate(train.items)}
+    assert len(subject_of) == 5  # every subject's image is told apart by its sum
+    seen = set()
+    for key in range(60):
+        pair = train[key]
+        m, f = (subject_of[round(float(pair[k].sum()), 3)] for k in ("moving", "fixed"))
+        assert m != f and groups[m] == groups[f] and f == key % 5
+        seen.add((m, f))
+    assert seen == {(m, f) for m in range(5) for f in range(5) if m != f and groups[m] == groups[f]}
+    with pytest.raises(DataError, match="group\\(s\\) c hold a single subject"):
+        PairDataset(train.items[:3], groups=["a", "a", "c"])
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [

@@ -298,7 +298,9 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
         f"- data: `{_shown(c['data']['train'])}` (SynthSeg 01-07 + 14 HCP training subjects, affinely pre-aligned, 2 mm, "
         f"synthetic T1-like intensities), random inter-subject pairs, size {c['data']['size']}, small affine augmentation",
         f"- loss: {c['loss']['sim_weight']} × NCC({c['loss']['similarity_args'].get('window', 9)}) + "
-        f"{c['loss']['reg_weight']} × diffusion; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
+        f"{c['loss']['reg_weight']} × diffusion"
+        + (f" + {c['loss']['dice_weight']} × Dice on the label maps (same-dataset pairs)" if c['loss'].get('dice_weight') else "")
+        + f"; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
         f"batch {c['data']['batch_size']}, {t['steps']} steps, seed {c['run']['seed']}, precision {c['run']['precision']}",
         (f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s), "
          f"{t['seconds_per_step']:.1f} s per step" if t["sessions"] else

@@ -5,7 +5,8 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 - ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
 - ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
 - a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
-- a ``.csv`` file listing images (``image[,labels]``) or pairs (``moving,fixed[,...]``).
+- a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
+  pairs (``moving,fixed[,...]``).
 
 :func:`build_datasets` turns a :class:`~transreg.config.DataConfig` into a training
 dataset (items ``{"moving", "fixed"[, "moving_labels", "fixed_labels"]}``, each
@@ -86,8 +87,9 @@ def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float =
         if holdout:
             raise DataError("data.val_split needs a subject list; for a CSV of pairs give data.val instead")
         return PairDataset(items, pairs=[(index[m], index[f]) for m, f in pairs], seed=seed, augment=aug), None
+    groups = [s.group for s in subjects]
     if not holdout:
-        return PairDataset(items, atlas=atlas, seed=seed, augment=aug), None
+        return PairDataset(items, atlas=atlas, seed=seed, augment=aug, groups=groups), None
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1 if atlas is not None else 2, round(holdout * len(items)))
     if len(items) - n_val < (1 if atlas is not None else 2):
@@ -95,8 +97,10 @@ def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float =
     val_items = [items[i] for i in order[:n_val]]
     train_items = [items[i] for i in order[n_val:]]
     values = all_label_values([*items, *([atlas] if atlas is not None else [])])  # one numbering for both
-    return (PairDataset(train_items, atlas=atlas, seed=seed, augment=aug, label_values=values),
-            PairDataset(val_items, atlas=atlas, seed=seed + VAL_SEED_OFFSET, label_values=values))
+    return (PairDataset(train_items, atlas=atlas, seed=seed, augment=aug, label_values=values,
+                        groups=[groups[i] for i in order[n_val:]]),
+            PairDataset(val_items, atlas=atlas, seed=seed + VAL_SEED_OFFSET, label_values=values,
+                        groups=[groups[i] for i in order[:n_val]]))
 
 
 def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:

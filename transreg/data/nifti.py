@@ -6,8 +6,10 @@ Sources (paths in a CSV are relative to the CSV's folder):
   images);
 - a flat folder of images, where ``NAME_seg``, ``NAME_label``, ``NAME_labels`` or
   ``NAME_aseg`` (``.nii``/``.nii.gz``) is the label map of ``NAME``;
-- a CSV with columns ``image[,labels]`` (subjects: pairs are drawn) or
-  ``moving,fixed[,moving_labels,fixed_labels]`` (explicit pairs).
+- a CSV with columns ``image[,labels][,group]`` (subjects: pairs are drawn; with a
+  ``group`` column, e.g. the dataset of each subject, only within a group, so that a
+  pair never mixes two label numberings) or ``moving,fixed[,moving_labels,fixed_labels]``
+  (explicit pairs).
 
 Every file is read, checked and preprocessed when the dataset is built (so bad data fails
 before training starts) with :mod:`transreg.io` and :mod:`transreg.preprocess`:
@@ -41,10 +43,11 @@ LABEL_SUFFIXES = ("_seg", "_labels", "_label", "_aseg")
 
 @dataclass(frozen=True)
 class Subject:
-    """An image file and its optional label-map file."""
+    """An image file, its optional label-map file and its optional pairing group."""
 
     image: Path
     labels: Path | None = None
+    group: str | None = None
 
 
 def _stem(path: Path) -> str:
@@ -121,10 +124,10 @@ def read_csv(path: str | Path) -> tuple[list[Subject], list[tuple[Subject, Subje
             image = file(r, "image")
             if image is None:
                 raise DataError(f"{path}: row {i + 2} has no image")
-            subjects.append(Subject(image, file(r, "labels")))
+            subjects.append(Subject(image, file(r, "labels"), (r.get("group") or "").strip() or None))
         return subjects, None
     raise DataError(
-        f"data CSV {str(path)!r} needs columns image[,labels] or moving,fixed[,moving_labels,fixed_labels]; "
+        f"data CSV {str(path)!r} needs columns image[,labels][,group] or moving,fixed[,moving_labels,fixed_labels]; "
         f"it has {', '.join(sorted(columns))}"
     )
 
@@ -192,20 +195,37 @@ def _relabeller(values: Sequence[int]):
     return relabel
 
 
+def _partners(groups: Sequence[str | None] | None, n: int) -> list[list[int]]:
+    """For each subject, the subjects it may be paired with: every other one, or with
+    ``groups`` every other one of its group (each group needs two subjects)."""
+    if groups is None or all(g is None for g in groups):
+        return [[j for j in range(n) if j != i] for i in range(n)]
+    if len(groups) != n:
+        raise DataError(f"{len(groups)} pairing groups for {n} subjects")
+    partners = [[j for j in range(n) if j != i and groups[j] == groups[i]] for i in range(n)]
+    alone = sorted({str(groups[i]) for i in range(n) if not partners[i]})
+    if alone:
+        raise DataError(f"pairing group(s) {', '.join(alone)} hold a single subject: random pairs are drawn "
+                        f"within a group, so each group needs at least 2")
+    return partners
+
+
 class PairDataset(Dataset):
     """Pairs of preprocessed subjects.
 
     ``pairs`` given: those (moving, fixed) index pairs. Otherwise ``atlas`` given:
-    atlas → each subject. Otherwise random inter-subject pairs (moving ≠ fixed), one
-    epoch = ``len(items)`` pairs. Item ``k`` is a pure function of ``(seed, k)``;
+    atlas → each subject. Otherwise random inter-subject pairs (moving ≠ fixed; with
+    ``groups``, one label per item, the moving subject is drawn from the fixed one's
+    group), one epoch = ``len(items)`` pairs. Item ``k`` is a pure function of ``(seed, k)``;
     augmentation (flips, small affine) is applied when ``augment`` is set.
     """
 
     def __init__(self, items: Sequence[dict[str, Tensor]], pairs: Sequence[tuple[int, int]] | None = None,
                  atlas: dict[str, Tensor] | None = None, seed: int = 0, augment: dict | None = None,
-                 label_values: Sequence[int] | None = None):
+                 label_values: Sequence[int] | None = None, groups: Sequence[str | None] | None = None):
         if pairs is None and atlas is None and len(items) < 2:
             raise DataError(f"random inter-subject pairs need at least 2 images, got {len(items)}")
+        self.partners = _partners(groups, len(items)) if pairs is None and atlas is None else None
         everything = [*items, *([atlas] if atlas is not None else [])]
         values = sorted(label_values) if label_values is not None else all_label_values(everything)
         #: original label value of each consecutive training label (Dice losses need 0..K-1)
@@ -232,8 +252,8 @@ class PairDataset(Dataset):
             return self.items[m], self.items[f]
         if self.atlas is not None:
             return self.atlas, self.items[i]
-        j = (i + 1 + int(torch.randint(len(self.items) - 1, (), generator=gen))) % len(self.items)
-        return self.items[j], self.items[i]
+        partners = self.partners[i]
+        return self.items[partners[int(torch.randint(len(partners), (), generator=gen))]], self.items[i]
 
     def __getitem__(self, key: int) -> dict[str, Tensor]:
         gen = item_generator(self.seed, int(key))
