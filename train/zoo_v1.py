@@ -292,14 +292,19 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
     val_dice = (f"{t['val_dice_start']:.3f} at step 0 → {t['val_dice_final']:.3f} at step {t['steps']}"
                 if t["val_dice_final"] is not None else "not recorded")
     c = t["config"]
+    d = c["data"]
+    augmentation = (f"random affine augmentation of the moving image ({d['affine_degrees']}°, {d['affine_scale']} scale, "
+                    f"{d['affine_shift']} voxels)" if d["affine_degrees"] or d["affine_scale"] or d["affine_shift"]
+                    else "no augmentation")
     training_text = "\n".join([
         f"- recipe: `train/configs/zoo_v1.yaml` (one recipe for every zoo v1 architecture; only `--model` changes), "
         f"reproduce with `python train/zoo_v1.py --archs {arch}`",
         f"- data: `{_shown(c['data']['train'])}` (SynthSeg 01-07 + 14 HCP training subjects, affinely pre-aligned, 2 mm, "
-        f"synthetic T1-like intensities), random inter-subject pairs, size {c['data']['size']}, small affine augmentation",
+        f"synthetic T1-like intensities), random pairs within a dataset (the CSV's group column), size {d['size']}, "
+        f"{augmentation}",
         f"- loss: {c['loss']['sim_weight']} × NCC({c['loss']['similarity_args'].get('window', 9)}) + "
         f"{c['loss']['reg_weight']} × diffusion"
-        + (f" + {c['loss']['dice_weight']} × Dice on the label maps (same-dataset pairs)" if c['loss'].get('dice_weight') else "")
+        + (f" + {c['loss']['dice_weight']} × Dice on the label maps" if c['loss'].get('dice_weight') else "")
         + f"; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
         f"batch {c['data']['batch_size']}, {t['steps']} steps, seed {c['run']['seed']}, precision {c['run']['precision']}",
         (f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s), "
