@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 import transreg
-from transreg.decoders import UpBlock, unet
+from transreg.decoders import FlowHead, UpBlock, VxmDecoder
 from transreg.inference import predict
-from transreg.layers import WindowAttention, conv_concat, linear_mode, shifted_window_mask
+from transreg.layers import WindowAttention, conv_concat, linear_mode, shifted_window_mask, slabs
 from transreg.spatial import warp
 
 
@@ -143,10 +143,38 @@ def test_up_block_in_slabs_equals_the_whole_map(ndim, shape, slabs):
         torch.testing.assert_close(block._up_conv_in_slabs(conv, x, skip, slabs), whole, rtol=1e-5, atol=1e-5)
 
 
+def _vxm_decoder_with_cat(decoder: VxmDecoder, x: torch.Tensor, skips: list[torch.Tensor], head) -> torch.Tensor:
+    """VoxelMorph's decoder as published: upsample, concatenate, convolve (whole maps)."""
+    for unit, skip in zip(decoder.up, reversed(skips)):
+        x = torch.cat([F.interpolate(unit(x), scale_factor=2.0, mode="nearest"), skip], 1)
+    for unit in decoder.extras:
+        x = unit(x)
+    return head(x)
+
+
+@pytest.mark.parametrize("ndim, shape", [(2, (12, 8)), (3, (12, 8, 4))])
+@pytest.mark.parametrize("slab_bytes", [None, 2**8, 2**10])
+def test_vxm_decoder_without_cat_and_in_slabs_equals_the_published_one(ndim, shape, slab_bytes, monkeypatch):
+    torch.manual_seed(0)
+    decoder = VxmDecoder(ndim, 5, [2, 4], [6, 5, 4, 3, 3]).eval()
+    head = FlowHead(ndim, 3)
+    torch.nn.init.normal_(head.conv.weight, std=0.1)
+    skips = [torch.randn(1, 2, *shape), torch.randn(1, 4, *[s // 2 for s in shape])]
+    x = torch.randn(1, 5, *[s // 4 for s in shape])
+    with torch.no_grad():
+        expected = _vxm_decoder_with_cat(decoder, x, skips, head)
+        if slab_bytes is not None:  # 2**8: a slab per fine row; 2**10: a few rows per slab
+            monkeypatch.setattr(slabs, "SLAB_BYTES", slab_bytes)
+            assert slabs.slabs_for(5 * math.prod(shape) * 4) > 1  # the upsampled last level: 5 channels, fp32
+        torch.testing.assert_close(decoder(x, skips, head=head), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(decoder(x, skips), _vxm_decoder_with_cat(decoder, x, skips, torch.nn.Identity()),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_inference_in_slabs_equals_the_plain_forward(pair_and_model, monkeypatch):
     model, moving, fixed, *_ = pair_and_model
     model.eval()
     with torch.no_grad():
         plain = model(moving, fixed).flow
-    monkeypatch.setattr(unet, "SLAB_BYTES", 2**16)  # every up-block in several slabs
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 2**16)  # every up-block in several slabs
     torch.testing.assert_close(predict(model, moving, fixed).flow, plain, rtol=1e-4, atol=1e-4)  # flow ~3 voxels

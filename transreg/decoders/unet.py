@@ -3,18 +3,15 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import ConvNormAct, avg_pool_nd, channels_last, conv_concat, linear_mode
+from ..layers.slabs import rows_in_slabs, slabs_for
 
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
 
-
-SLAB_BYTES = 256 * 2**20
-"""Inference upsamples and convolves maps whose upsampled size exceeds this in slabs."""
 
 ConvUnit = Callable[[int, int, int], nn.Sequential]
 """``unit(ndim, in_ch, out_ch)``: a 3×3 convolution block that keeps the spatial size,
@@ -41,11 +38,8 @@ class UpBlock(nn.Module):
         Without autograd, a large upsampled map is only built one slab at a time."""
         x, skip = channels_last(x), None if skip is None else channels_last(skip)
         conv, *rest = self.conv1
-        upsampled_bytes = x.numel() * x.element_size() * 2**x.dim() // 4
-        if torch.is_grad_enabled() or upsampled_bytes <= SLAB_BYTES:
-            x = self._up_conv(conv, x, skip)
-        else:
-            x = self._up_conv_in_slabs(conv, x, skip, slabs=-(-upsampled_bytes // SLAB_BYTES))
+        slabs = slabs_for(x.numel() * x.element_size() * 2 ** (x.dim() - 2))  # the upsampled map
+        x = self._up_conv(conv, x, skip) if slabs == 1 else self._up_conv_in_slabs(conv, x, skip, slabs)
         for layer in (*rest, *self.conv2):  # rebinding x frees each input as soon as it is used
             x = layer(x)
         return x
@@ -61,31 +55,24 @@ class UpBlock(nn.Module):
         """:meth:`_up_conv` computed in ``slabs`` slabs along the first spatial axis.
 
         Output rows ``[a, b)`` need upsampled rows ``[a - 1, b + 1)`` (the 3×3 halo); with
-        ``align_corners=False`` those are exact when upsampled from coarse rows
-        ``[a/2 - 1, b/2 + 1)`` (clipped to the map: there the clamping is the map's own).
-        The convolution's zero padding is right only at the map's ends, so the halo rows
-        of the output are cropped.
+        ``align_corners=False`` and even ``a`` those are exact when upsampled from coarse
+        rows ``[a/2 - 1, b/2 + 1)`` (clipped to the map: there the clamping is the map's
+        own). The convolution's zero padding is right only at the map's ends, so the halo
+        rows of the output are cropped.
         """
         coarse = x.shape[2]
         fine = 2 * coarse
-        out = None
-        step = 2 * -(-coarse // slabs)
-        for a in range(0, fine, step):
-            b = min(a + step, fine)
+
+        def rows(a: int, b: int) -> Tensor:
             c0, c1 = max(a // 2 - 1, 0), min(b // 2 + 1, coarse)
             lo, hi = max(a - 1, 0), min(b + 1, fine)
             up = F.interpolate(x[:, :, c0:c1], scale_factor=2.0, mode=self.mode, align_corners=False)
             parts = [up[:, :, lo - 2 * c0 : hi - 2 * c0]]
             if skip is not None:
                 parts.append(skip[:, :, lo:hi])
-            rows = conv_concat(conv, parts)[:, :, a - lo : b - lo]
-            if out is None:
-                layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-                out = torch.empty(rows.shape[:2] + (fine,) + rows.shape[3:], dtype=rows.dtype,
-                                  device=rows.device, memory_format=layout)
-            out[:, :, a:b] = rows
-            del up, parts, rows  # before the next slab's are made
-        return out
+            return conv_concat(conv, parts)[:, :, a - lo : b - lo]
+
+        return rows_in_slabs(rows, fine, slabs, multiple=2)
 
 
 class SkipDecoder(nn.Module):
@@ -126,7 +113,8 @@ class InputConvSkips(nn.Module):
     """TransMorph's convolutional skips from the input pair.
 
     ``half_res``: :class:`ConvNormAct` on the 3/2/1 average-pooled input (stride 2);
-    ``full_res`` (optional): on the input itself (stride 1). Returns ``[half, full]``.
+    ``full_res`` (optional): on the input itself (stride 1). Returns ``[half, full]``
+    (channels-last).
     """
 
     def __init__(self, ndim: int, in_ch: int, half_ch: int, full_ch: int | None):
@@ -136,7 +124,9 @@ class InputConvSkips(nn.Module):
         self.full_res = ConvNormAct(ndim, in_ch, full_ch) if full_ch else None
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        skips = [self.half_res(self.pool(x))]
+        """The skips in the channels-last layout the up-blocks use: converted here, where
+        the instance norm's NCDHW output can die at once, instead of kept beside the up-block's copy."""
+        skips = [channels_last(self.half_res(self.pool(x)))]
         if self.full_res is not None:
-            skips.append(self.full_res(x))
+            skips.append(channels_last(self.full_res(x)))
         return skips

@@ -3,13 +3,22 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvAct
+from ..layers import ConvAct, channels_last, conv_concat
+from ..layers.slabs import rows_in_slabs, slabs_for
 
 __all__ = ["VxmDecoder"]
+
+
+def _unit_on_parts(unit: nn.Sequential, parts: Sequence[Tensor]) -> Tensor:
+    """``unit(cat(parts, 1))`` for a conv-first unit, without building the concatenation."""
+    conv, *rest = unit
+    x = conv_concat(conv, parts)
+    for layer in rest:
+        x = layer(x)
+    return x
 
 
 class VxmDecoder(nn.Module):
@@ -19,7 +28,15 @@ class VxmDecoder(nn.Module):
     ``in_ch``: width of the coarsest encoder map; ``skip_channels``: widths of the skips,
     fine to coarse, starting with the network input itself (stride 1), one per level;
     ``channels``: the output widths, the first ``len(skip_channels)`` for the levels and
-    the rest for the extra convolutions (at least one). Output ``(B, channels[-1], *S)``.
+    the rest for the extra convolutions (at least one). Output ``(B, channels[-1], *S)``
+    in the channels-last memory format; with ``head`` (a 3×3 convolution, e.g. the flow
+    head) ``head`` of it.
+
+    The concatenations are never built (each part is convolved with its slice of the
+    weight, :func:`~transreg.layers.conv_concat`); without autograd, the full-resolution
+    part (upsampling, skip, extra convolutions, the head) runs in slabs when its upsampled
+    map is large (:mod:`transreg.layers.slabs`): no full-resolution feature map exists
+    whole, only the output.
     """
 
     def __init__(self, ndim: int, in_ch: int, skip_channels: Sequence[int], channels: Sequence[int]):
@@ -41,11 +58,49 @@ class VxmDecoder(nn.Module):
             prev = width
         self.out_channels = prev
 
-    def forward(self, x: Tensor, skips: Sequence[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, skips: Sequence[Tensor], head: nn.Module | None = None) -> Tensor:
         """``x`` ``(B, in_ch, *S / 2^L)``; ``skips`` fine to coarse (``skips[0]`` at ``S``)."""
-        for conv, skip in zip(self.up, reversed(skips)):
-            x = F.interpolate(conv(x), scale_factor=2.0, mode="nearest")
-            x = torch.cat([x, skip], dim=1)
-        for conv in self.extras:
-            x = conv(x)
-        return x
+        parts = [channels_last(x)]
+        *coarse_levels, last = zip(self.up, reversed(skips))
+        for unit, skip in coarse_levels:
+            parts = [self._upsample(_unit_on_parts(unit, parts)), channels_last(skip)]
+        unit, skip = last
+        x = _unit_on_parts(unit, parts)
+        skip = channels_last(skip)
+        # a slab's temporaries: about twice its upsampled map (measured: the peak grows ~5× the slab bytes)
+        slabs = slabs_for(2 * x.numel() * x.element_size() * 2 ** (x.dim() - 2))
+        if slabs == 1:
+            return self._full_resolution([self._upsample(x), skip], head)
+        return self._full_resolution_in_slabs(x, skip, head, slabs)
+
+    @staticmethod
+    def _upsample(x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+    def _full_resolution(self, parts: Sequence[Tensor], head: nn.Module | None) -> Tensor:
+        """The extra convolutions (then ``head``) on ``cat(parts, 1)`` (upsampled last
+        level, input skip)."""
+        x = _unit_on_parts(self.extras[0], parts)
+        for unit in self.extras[1:]:
+            x = unit(x)
+        return x if head is None else head(x)
+
+    def _full_resolution_in_slabs(self, x: Tensor, skip: Tensor, head: nn.Module | None, slabs: int) -> Tensor:
+        """``_full_resolution([upsample(x), skip], head)`` in ``slabs`` slabs along the
+        first axis.
+
+        Output rows ``[a, b)`` depend on rows ``[a - h, b + h)`` of the upsampled map and
+        the skip (``h`` = one row per 3×3 convolution, the head's included); nearest upsampling takes
+        fine row ``r`` from coarse row ``r // 2``. The zero padding is right only at the
+        map's ends, so the ``h`` halo rows of each slab's result are cropped.
+        """
+        halo, fine = len(self.extras) + (head is not None), skip.shape[2]
+
+        def rows(a: int, b: int) -> Tensor:
+            lo, hi = max(a - halo, 0), min(b + halo, fine)
+            c0 = lo // 2
+            up = self._upsample(x[:, :, c0 : (hi + 1) // 2])
+            out = self._full_resolution([up[:, :, lo - 2 * c0 : hi - 2 * c0], skip[:, :, lo:hi]], head)
+            return out[:, :, a - lo : b - lo]
+
+        return rows_in_slabs(rows, fine, slabs)

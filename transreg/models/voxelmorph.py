@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..decoders import FlowHead, VxmDecoder
 from ..encoders import UNetEncoder
+from ..layers import channels_last
 from ..registry import register_model
 from .base import RegistrationModel
 
@@ -42,9 +43,9 @@ class VoxelMorph(RegistrationModel):
         self.head = FlowHead(ndim, self.decoder.out_channels)
 
     def predict(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = channels_last(x)  # once: the encoder's input and the decoder's first skip
         features = self.encoder(x)
-        out = self.decoder(features[-1], [x, *features[:-1]])
-        return self.head(out), None
+        return self.decoder(features[-1], [x, *features[:-1]], head=self.head), None
 
 
 @register_model
