@@ -134,7 +134,7 @@ def test_zoo_card_check_finds_each_kind_of_problem(tmp_path, monkeypatch):
                         version="v1.0.0", revision=SHA1, sha256=SHA256)
     registry._ensure_models_imported()
     monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
-    tags = [registry.get_pretrained_tag(n) for n in transreg.list_models(pretrained=True)]
+    tags = [registry.get_pretrained_tag(tag.name)]  # the check of this one tag (the shipped zoo has its own test)
     assert check_zoo_cards(tags, tmp_path) == [f"pretrained tag {tag.name} has no card {tmp_path / (tag.name + '.md')}"]
 
     (tmp_path / f"{tag.name}.md").write_text(render_card(full_card()))

@@ -3,6 +3,7 @@
 The sample pair is registered on a coarse grid (6 mm) so each run takes seconds.
 """
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -93,6 +94,30 @@ def test_demo_uses_the_zoo_default(default_checkpoint, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["name"] == tag.name and report["model"]["trained"] is True
     assert "UNTRAINED" not in printed and tag.name in printed
+
+
+def test_shipped_default_checkpoint_beats_the_affine_stage_offline(tmp_path, monkeypatch):
+    """Zoo v1's default ships inside the package: with the Hub offline and an empty cache it
+    loads, its weights match the pinned sha256, and it registers the sample pair (test
+    subjects, never trained on) better than the affine stage alone."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    assert zoo.DEFAULT_CHECKPOINT is not None, "zoo v1 ships a trained default checkpoint"
+    tag = registry.get_pretrained_tag(zoo.DEFAULT_CHECKPOINT)
+    assert default_model() == tag.name and zoo.DEFAULT_CHECKPOINT in transreg.list_models(pretrained=True)
+    shipped = Path(transreg.__file__).parent / tag.local_path
+    assert sha256_file(shipped / "model.safetensors") == tag.sha256
+    pair = sample_pair()
+    fixed_labels = np.asarray(nib.load(pair["fixed_labels"]).dataobj)
+    kwargs = dict(moving_labels=pair["moving_labels"], device="cpu")
+    affine = register(pair["moving"], pair["fixed"], affine_only=True, **kwargs)
+    full = register(pair["moving"], pair["fixed"], **kwargs)
+    info = full.report["model"]
+    assert info["name"] == tag.name and info["trained"] is True and info["sha256"] == tag.sha256
+    affine_dice = _labels_dice(affine.warped_labels.data, fixed_labels)
+    full_dice = _labels_dice(full.warped_labels.data, fixed_labels)
+    assert full_dice > affine_dice + 0.03, (affine_dice, full_dice)
+    assert full.report["folding_percent"] < 1.0
 
 
 def test_unpublished_tag_needs_its_shipped_copy(tmp_path, monkeypatch):

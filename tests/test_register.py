@@ -13,7 +13,8 @@ from scipy import ndimage
 import transreg
 from transreg.cli import main
 from transreg.io import save_image
-from transreg.register import DEFAULT_MODEL, OUTPUT_FILES, sample_pair
+from transreg import zoo
+from transreg.register import OUTPUT_FILES, default_model, sample_pair
 
 OBLIQUE = np.array([[0.76, -0.27, -0.24, -12.0], [0.17, 0.92, -0.47, 20.0], [0.18, 0.27, 1.40, 5.0], [0, 0, 0, 1]])
 
@@ -34,8 +35,8 @@ def test_sample_end_to_end(tmp_path, capsys):
     assert all((out / name).is_file() for name in OUTPUT_FILES)
     assert str(out.resolve() / "warped.nii.gz") in printed and "[affine]" in printed and "[deformable]" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["model"]["name"] == DEFAULT_MODEL
-    assert report["model"]["version"].startswith("untrained")
+    assert report["model"]["name"] == default_model()  # zoo v1's shipped checkpoint
+    assert report["model"]["trained"] is (zoo.DEFAULT_CHECKPOINT is not None)
     assert {"load", "model", "preprocess", "affine", "deformable", "resample", "write"} <= set(report["runtime_s"])
     assert 0.0 <= report["folding_percent"] < 1.0
     assert report["dice"]["mean"] > report["dice_before"] + 0.2  # the affine stage aligned the pair

@@ -17,10 +17,18 @@ from __future__ import annotations
 from . import models  # noqa: F401  (architectures must be registered before their tags)
 from .registry import PretrainedTag, register_pretrained
 
-PRETRAINED: tuple[PretrainedTag, ...] = ()
+# zoo v1 (train/zoo_v1.py; recipe train/configs/zoo_v1.yaml; evaluate/results/zoo_v1/)
+PRETRAINED: tuple[PretrainedTag, ...] = (
+    PretrainedTag(
+        arch="transmorph_micro", tag="synth_brain", hf_hub_id="transreg/transmorph-micro-synth-brain",
+        version="v1.0.0", revision=None,
+        sha256="7e4c3e5ea8444e626ea545e00eb248e8defd081a3a3c320aa7542e385ec8d3f0",
+        local_path="assets/zoo/transmorph_micro.synth_brain",
+    ),
+)
 
 #: the default checkpoint (``arch.tag`` of an entry above, shipped in the package) or None
-DEFAULT_CHECKPOINT: str | None = None
+DEFAULT_CHECKPOINT: str | None = "transmorph_micro.synth_brain"
 
 for _tag in PRETRAINED:
     register_pretrained(_tag)
