@@ -129,3 +129,23 @@ def test_configuration_errors_name_the_problem():
         transreg.create_model("vitvnet", ndim=2, img_size=(16, 64))
     with pytest.raises(ValueError, match="more widths"):
         VxmDecoder(3, 32, [2, 16, 32, 32], [32, 32, 32, 32])
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+def test_conv_act_units_are_he_initialised_so_a_deep_stack_keeps_its_scale(slope):
+    """VoxelMorph's and ViT-V-Net's unnormalised units: weights N(0, 2 / ((1 + slope²) fan_in)),
+    zero bias; through 8 units the activations keep their scale (PyTorch's default
+    initialisation shrinks them by about 2× per unit, i.e. ~200× here)."""
+    from transreg.layers import ConvAct
+
+    torch.manual_seed(0)
+    units = torch.nn.Sequential(*(ConvAct(3, 2 if i == 0 else 32, 32, slope=slope) for i in range(8)))
+    conv = units[3][0]
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / ((1 + slope**2) * fan_in)), rel=0.05)
+    assert torch.count_nonzero(conv.bias) == 0
+    x = torch.randn(1, 2, 24, 24, 24)
+    with torch.no_grad():
+        y = units(x)
+    rms = lambda t: t.pow(2).mean().sqrt().item()  # noqa: E731
+    assert 0.3 < rms(y) / rms(x) < 3.0
