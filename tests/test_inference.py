@@ -178,3 +178,37 @@ def test_inference_in_slabs_equals_the_plain_forward(pair_and_model, monkeypatch
         plain = model(moving, fixed).flow
     monkeypatch.setattr(slabs, "SLAB_BYTES", 2**16)  # every up-block in several slabs
     torch.testing.assert_close(predict(model, moving, fixed).flow, plain, rtol=1e-4, atol=1e-4)  # flow ~3 voxels
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("channels_last_input", [True, False])
+def test_instance_norm_act_equals_instance_norm_then_leaky_relu(ndim, channels_last_input):
+    """Against a float64 reference, with badly scaled data (mean ≫ std): the in-place
+    channels-last path of inference, the autograd path and the contiguous-layout path;
+    the output keeps the input's memory format and `inplace=False` leaves the input alone."""
+    from transreg.layers import InstanceNormAct, channels_last
+
+    torch.manual_seed(0)
+    shape = (2, 5, *(9, 12, 7)[:ndim])
+    x = torch.randn(shape) * torch.tensor([0.1, 1, 3, 0.5, 2]).view(1, 5, *[1] * ndim) + torch.arange(5.0).view(
+        1, 5, *[1] * ndim) * 3
+    x = channels_last(x) if channels_last_input else x.contiguous()
+    reference = F.leaky_relu(F.instance_norm(x.double(), eps=1e-5), 0.01).float()
+    with torch.no_grad():
+        kept = x.clone()
+        out = InstanceNormAct(5, slope=0.01)(x)
+        assert torch.equal(x, kept)
+        torch.testing.assert_close(out, reference, atol=2e-5, rtol=1e-5)
+        if channels_last_input:
+            assert out.is_contiguous(memory_format=torch.channels_last if ndim == 2 else torch.channels_last_3d)
+        inplace = InstanceNormAct(5, slope=0.01, inplace=True)(kept)
+        torch.testing.assert_close(inplace, reference, atol=2e-5, rtol=1e-5)
+        if channels_last_input:
+            assert inplace.data_ptr() == kept.data_ptr()  # really in place: no layout copy
+    xg = x.clone().requires_grad_(True)
+    y = InstanceNormAct(5, slope=0.01, inplace=True)(xg)
+    torch.testing.assert_close(y, reference, atol=2e-5, rtol=1e-5)
+    y.square().sum().backward()
+    xd = x.double().requires_grad_(True)
+    F.leaky_relu(F.instance_norm(xd, eps=1e-5), 0.01).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xd.grad.float(), atol=1e-4, rtol=1e-4)

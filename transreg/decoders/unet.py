@@ -124,8 +124,9 @@ class InputConvSkips(nn.Module):
         self.full_res = ConvNormAct(ndim, in_ch, full_ch) if full_ch else None
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """The skips in the channels-last layout the up-blocks use: converted here, where
-        the instance norm's NCDHW output can die at once, instead of kept beside the up-block's copy."""
+        """The skips in the channels-last layout the up-blocks use: the input is converted
+        (a few channels), so the convolutions and norms write that layout directly."""
+        x = channels_last(x)
         skips = [channels_last(self.half_res(self.pool(x)))]
         if self.full_res is not None:
             skips.append(channels_last(self.full_res(x)))

@@ -8,10 +8,10 @@ from .conv import (
     conv_concat,
     batch_norm_nd,
     conv_nd,
-    instance_norm_nd,
     linear_mode,
     max_pool_nd,
 )
+from .norm import InstanceNormAct, instance_norm_act
 from .patch import PatchEmbed, PatchMerging
 from .pos_embed import resize_pos_embed, sinusoidal_pos_embed
 from .windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
@@ -26,7 +26,8 @@ __all__ = [
     "batch_norm_nd",
     "max_pool_nd",
     "conv_nd",
-    "instance_norm_nd",
+    "InstanceNormAct",
+    "instance_norm_act",
     "linear_mode",
     "PatchEmbed",
     "PatchMerging",

@@ -6,11 +6,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .norm import InstanceNormAct
+
 __all__ = [
     "channels_last",
     "conv_concat",
     "conv_nd",
-    "instance_norm_nd",
     "batch_norm_nd",
     "avg_pool_nd",
     "max_pool_nd",
@@ -30,10 +31,6 @@ def _pick(ndim: int, two: type, three: type) -> type:
 
 def conv_nd(ndim: int) -> type[nn.Module]:
     return _pick(ndim, nn.Conv2d, nn.Conv3d)
-
-
-def instance_norm_nd(ndim: int) -> type[nn.Module]:
-    return _pick(ndim, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def batch_norm_nd(ndim: int) -> type[nn.Module]:
@@ -90,8 +87,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, ndim: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1):
         super().__init__(
             conv_nd(ndim)(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-            instance_norm_nd(ndim)(out_ch),
-            nn.LeakyReLU(0.01, inplace=True),
+            InstanceNormAct(out_ch, slope=0.01, inplace=True),
         )
 
 

@@ -1,0 +1,62 @@
+"""Instance normalisation fused with its activation, in the input's memory format."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["InstanceNormAct", "instance_norm_act"]
+
+
+def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool = False) -> Tensor:
+    """``leaky_relu(instance_norm(x), slope)`` (no affine, no running statistics).
+
+    ``x`` ``(B, C, *S)``, 2-D or 3-D; the output has ``x``'s shape and memory format.
+    Without an autograd graph, a channels-last ``x`` is normalised through its
+    ``(B, voxels, C)`` view: the mean and the variance of the centred values by batched
+    matrix products (a row of ones; the Gram matrix's diagonal), no layout copies, in place
+    when ``inplace``. (``F.instance_norm`` copies a channels-last tensor to the
+    contiguous layout and returns it there, which slows the next convolution.) Elsewhere
+    ``F.instance_norm``. Both are two-pass (centred) variances.
+    """
+    view = _voxels_by_channels(x)
+    if view is None or (torch.is_grad_enabled() and x.requires_grad):
+        return F.leaky_relu(F.instance_norm(x, eps=eps), slope, inplace=True)
+    if not inplace:
+        x = x.clone(memory_format=torch.preserve_format)
+        view = _voxels_by_channels(x)
+    voxels = view.shape[1]
+    sums = torch.bmm(view.new_ones(view.shape[0], 1, voxels), view)  # (B, 1, C); as fast in bf16 as in fp32
+    view.sub_(sums.float().div_(voxels).to(x.dtype))
+    var = torch.bmm(view.transpose(1, 2), view).diagonal(dim1=1, dim2=2).float().div_(voxels)
+    view.mul_(var.add_(eps).rsqrt_().unsqueeze(1).to(x.dtype))
+    return F.leaky_relu_(x, slope)
+
+
+def _voxels_by_channels(x: Tensor) -> Tensor | None:
+    """The ``(B, voxels, C)`` view of a channels-last ``x``, or None if it has none."""
+    if x.dim() not in (4, 5) or x.shape[1] < 2:
+        return None
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if not x.is_contiguous(memory_format=fmt):
+        return None
+    return x.permute(0, *range(2, x.dim()), 1).view(x.shape[0], -1, x.shape[1])
+
+
+class InstanceNormAct(nn.Module):
+    """Instance norm (no affine) → LeakyReLU(``slope``) as one module: :func:`instance_norm_act`.
+
+    ``inplace=True`` (like ``nn.LeakyReLU(inplace=True)``) overwrites the input when no
+    autograd graph is recorded; use it where the input is a temporary (after a convolution).
+    No parameters or buffers.
+    """
+
+    def __init__(self, num_features: int, slope: float = 0.01, eps: float = 1e-5, inplace: bool = False):
+        super().__init__()
+        self.num_features, self.slope, self.eps, self.inplace = num_features, slope, eps, inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return instance_norm_act(x, self.slope, self.eps, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, slope={self.slope}, eps={self.eps}, inplace={self.inplace}"
