@@ -212,3 +212,35 @@ def test_instance_norm_act_equals_instance_norm_then_leaky_relu(ndim, channels_l
     xd = x.double().requires_grad_(True)
     F.leaky_relu(F.instance_norm(xd, eps=1e-5), 0.01).square().sum().backward()
     torch.testing.assert_close(xg.grad, xd.grad.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_batch_norm_act_equals_batch_norm_then_relu(ndim):
+    """Inference (running statistics, in place or not, channels-last or not) and training
+    (batch statistics, running-statistics update) against nn.BatchNorm + ReLU."""
+    from transreg.layers import BatchNormAct, channels_last
+
+    torch.manual_seed(0)
+    reference = (torch.nn.BatchNorm2d if ndim == 2 else torch.nn.BatchNorm3d)(6)
+    fused = BatchNormAct(6, inplace=True)
+    with torch.no_grad():
+        for bn in (reference, fused):
+            bn.weight.copy_(torch.linspace(0.5, 2, 6))
+            bn.bias.copy_(torch.linspace(-1, 1, 6))
+    x = torch.randn(3, 6, *(10, 9, 8)[:ndim]) * 2 + 1
+    y_ref = F.relu(reference(x))
+    y = fused(x.clone().requires_grad_(True))
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(fused.running_mean, reference.running_mean)
+    torch.testing.assert_close(fused.running_var, reference.running_var)
+    reference.eval(), fused.eval()
+    for layout in (lambda t: t.contiguous(), channels_last):
+        x = layout(torch.randn(2, 6, *(10, 9, 8)[:ndim]))
+        with torch.no_grad():
+            y_ref = F.relu(reference(x))
+            kept = x.clone()
+            y = fused(kept)
+        torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-5)
+        assert y.data_ptr() == kept.data_ptr()  # in place: no second map
+    with pytest.raises(ValueError, match="expects"):
+        fused(torch.randn(2, 6))

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ..layers import batch_norm_nd, conv_nd
+from ..layers import BatchNormAct, conv_nd
 from .unet import SkipDecoder
 
 __all__ = ["ConvBNReLU", "ViTVNetDecoder"]
@@ -17,8 +17,7 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, ndim: int, in_ch: int, out_ch: int):
         super().__init__(
             conv_nd(ndim)(in_ch, out_ch, 3, padding=1, bias=False),
-            batch_norm_nd(ndim)(out_ch),
-            nn.ReLU(inplace=True),
+            BatchNormAct(out_ch, inplace=True),
         )
 
 

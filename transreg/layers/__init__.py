@@ -6,12 +6,11 @@ from .conv import (
     avg_pool_nd,
     channels_last,
     conv_concat,
-    batch_norm_nd,
     conv_nd,
     linear_mode,
     max_pool_nd,
 )
-from .norm import InstanceNormAct, instance_norm_act
+from .norm import BatchNormAct, InstanceNormAct, instance_norm_act
 from .patch import PatchEmbed, PatchMerging
 from .pos_embed import resize_pos_embed, sinusoidal_pos_embed
 from .windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
@@ -23,9 +22,9 @@ __all__ = [
     "channels_last",
     "conv_concat",
     "avg_pool_nd",
-    "batch_norm_nd",
     "max_pool_nd",
     "conv_nd",
+    "BatchNormAct",
     "InstanceNormAct",
     "instance_norm_act",
     "linear_mode",

@@ -12,7 +12,6 @@ __all__ = [
     "channels_last",
     "conv_concat",
     "conv_nd",
-    "batch_norm_nd",
     "avg_pool_nd",
     "max_pool_nd",
     "linear_mode",
@@ -31,10 +30,6 @@ def _pick(ndim: int, two: type, three: type) -> type:
 
 def conv_nd(ndim: int) -> type[nn.Module]:
     return _pick(ndim, nn.Conv2d, nn.Conv3d)
-
-
-def batch_norm_nd(ndim: int) -> type[nn.Module]:
-    return _pick(ndim, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def avg_pool_nd(ndim: int) -> type[nn.Module]:

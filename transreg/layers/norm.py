@@ -1,11 +1,12 @@
-"""Instance normalisation fused with its activation, in the input's memory format."""
+"""Normalisation fused with its activation, in the input's memory format (inference in place)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["InstanceNormAct", "instance_norm_act"]
+__all__ = ["BatchNormAct", "InstanceNormAct", "instance_norm_act"]
 
 
 def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool = False) -> Tensor:
@@ -60,3 +61,30 @@ class InstanceNormAct(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, slope={self.slope}, eps={self.eps}, inplace={self.inplace}"
+
+
+class BatchNormAct(_BatchNorm):
+    """BatchNorm → ReLU as one module, 2-D or 3-D (state-dict keys of a BatchNorm).
+
+    In training (or with an autograd graph) the usual batch norm then ReLU. In inference
+    the running statistics make it a per-channel affine map, applied in place with
+    ``inplace=True`` (no second full-size map, any memory format) before an in-place ReLU.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, inplace: bool = False):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.inplace = inplace
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (4, 5):
+            raise ValueError(f"BatchNormAct expects (B, C, H, W) or (B, C, D, H, W) input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or self.running_var is None or (torch.is_grad_enabled() and x.requires_grad):
+            return F.relu(super().forward(x), inplace=True)
+        self._check_input_dim(x)
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        x = x.mul_(scale.view(shape)) if self.inplace else x * scale.view(shape)
+        return F.relu_(x.add_(shift.view(shape)))
