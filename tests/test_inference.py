@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 import transreg
 from transreg.decoders import FlowHead, UpBlock, VxmDecoder
 from transreg.inference import predict
-from transreg.layers import WindowAttention, conv_concat, linear_mode, shifted_window_mask, slabs
+from transreg.layers import WindowAttention, channels_last, conv_concat, linear_mode, shifted_window_mask, slabs
 from transreg.spatial import warp
 
 
@@ -84,7 +84,11 @@ def test_conv_concat_equals_conv_of_the_concatenation(ndim):
     torch.manual_seed(0)
     conv = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(7, 5, 3, padding=1)
     parts = [torch.randn(2, c, *[9] * ndim) for c in (4, 3)]
-    torch.testing.assert_close(conv_concat(conv, parts), conv(torch.cat(parts, 1)), rtol=1e-5, atol=1e-5)
+    expected = conv(torch.cat(parts, 1))
+    torch.testing.assert_close(conv_concat(conv, parts), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # inference calls oneDNN directly
+        torch.testing.assert_close(conv_concat(conv, [channels_last(p) for p in parts]), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(conv_concat(conv, parts), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="parts have 4 channels in all, the convolution takes 7"):
         conv_concat(conv, parts[:1])
 
