@@ -1,7 +1,7 @@
 """The VoxelMorph U-Net decoder, 2-D and 3-D."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,30 +77,40 @@ class VxmDecoder(nn.Module):
     def _upsample(x: Tensor) -> Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
-    def _full_resolution(self, parts: Sequence[Tensor], head: nn.Module | None) -> Tensor:
+    def _full_resolution(self, parts: Sequence[Tensor], head: nn.Module | None,
+                         trim: Callable[[Tensor], Tensor] = lambda x: x) -> Tensor:
         """The extra convolutions (then ``head``) on ``cat(parts, 1)`` (upsampled last
-        level, input skip)."""
-        x = _unit_on_parts(self.extras[0], parts)
+        level, input skip); ``trim`` is applied to each convolution's output."""
+        x = trim(_unit_on_parts(self.extras[0], parts))
         for unit in self.extras[1:]:
-            x = unit(x)
-        return x if head is None else head(x)
+            x = trim(unit(x))
+        return x if head is None else trim(head(x))
 
     def _full_resolution_in_slabs(self, x: Tensor, skip: Tensor, head: nn.Module | None, slabs: int) -> Tensor:
         """``_full_resolution([upsample(x), skip], head)`` in ``slabs`` slabs along the
         first axis.
 
         Output rows ``[a, b)`` depend on rows ``[a - h, b + h)`` of the upsampled map and
-        the skip (``h`` = one row per 3×3 convolution, the head's included); nearest upsampling takes
-        fine row ``r`` from coarse row ``r // 2``. The zero padding is right only at the
-        map's ends, so the ``h`` halo rows of each slab's result are cropped.
+        the skip (``h`` = one row per 3×3 convolution, the head's included); nearest
+        upsampling takes fine row ``r`` from coarse row ``r // 2``. The zero padding is
+        right only at the map's ends, so after the ``k``-th convolution only rows
+        ``[a - (h - k), b + (h - k))`` are kept: each convolution computes just the rows
+        the next ones need, and the last leaves exactly ``[a, b)``.
         """
         halo, fine = len(self.extras) + (head is not None), skip.shape[2]
 
         def rows(a: int, b: int) -> Tensor:
-            lo, hi = max(a - halo, 0), min(b + halo, fine)
+            # the rows alive before the first convolution and after each one: [a - m, b + m) for m = h … 0
+            alive = [(max(a - m, 0), min(b + m, fine)) for m in range(halo, -1, -1)]
+            crops = iter(zip(alive, alive[1:]))
+
+            def trim(y: Tensor) -> Tensor:
+                (start, _), (keep_start, keep_stop) = next(crops)
+                return y[:, :, keep_start - start : keep_stop - start]
+
+            lo, hi = alive[0]
             c0 = lo // 2
             up = self._upsample(x[:, :, c0 : (hi + 1) // 2])
-            out = self._full_resolution([up[:, :, lo - 2 * c0 : hi - 2 * c0], skip[:, :, lo:hi]], head)
-            return out[:, :, a - lo : b - lo]
+            return self._full_resolution([up[:, :, lo - 2 * c0 : hi - 2 * c0], skip[:, :, lo:hi]], head, trim)
 
         return rows_in_slabs(rows, fine, slabs)
