@@ -76,10 +76,10 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
                 warmup: int, repeats: int, compile_model: bool = False) -> dict:
     """Median time, FLOPs and peak memory of one (architecture, size, mode, precision)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import transreg
     from transreg.inference import autocast as precision_autocast
+    from transreg.inference import count_flops
     from transreg.inference import predict
     from transreg.losses import NCC, Diffusion
 
@@ -116,9 +116,7 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
     # read the peak before counting FLOPs: the counter's dispatch hooks keep more alive
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    flops = count_flops(step)
     return {
         "arch": arch, "size": "×".join(map(str, size)), "mode": mode, "precision": precision,
         "params": params, "gflop": flops / 1e9,

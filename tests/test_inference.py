@@ -248,3 +248,16 @@ def test_batch_norm_act_equals_batch_norm_then_relu(ndim):
         assert y.data_ptr() == kept.data_ptr()  # in place: no second map
     with pytest.raises(ValueError, match="expects"):
         fused(torch.randn(2, 6))
+
+
+def test_count_flops_includes_the_direct_onednn_convolutions():
+    """In float32 CPU inference conv_concat calls oneDNN directly; the count is still
+    2 · in · out · 27 · voxels, as with autograd on (the ordinary convolution op)."""
+    from transreg.inference import count_flops
+
+    conv = torch.nn.Conv3d(5, 4, 3, padding=1, bias=False)
+    parts = [torch.randn(1, 3, 6, 7, 8), torch.randn(1, 2, 6, 7, 8)]
+    expected = 2 * 5 * 4 * 27 * 6 * 7 * 8
+    assert count_flops(lambda: conv_concat(conv, parts)) == expected
+    with torch.inference_mode():
+        assert count_flops(lambda: conv_concat(conv, parts)) == expected

@@ -9,14 +9,14 @@ See ``evaluate/perf_notes.md`` for the measurements.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Literal
+from typing import Any, Callable, ContextManager, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .models.base import RegistrationOutput
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "predict", "retain_freed_memory"]
+__all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict", "retain_freed_memory"]
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -77,3 +77,18 @@ def retain_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of ``fn()`` counted by ``torch.utils.flop_counter``,
+    including the oneDNN convolutions that transreg's float32 CPU inference calls
+    directly (``aten.mkldnn_convolution``, which the counter does not know)."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+    def mkldnn_convolution(x_shape: list[int], w_shape: list[int], *args: Any, out_shape: list[int], **kwargs: Any) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape)
+
+    mapping = {torch.ops.aten.mkldnn_convolution: mkldnn_convolution}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()

@@ -145,15 +145,14 @@ class NetworkMethod(Method):
         return Alignment(result.transform.coords, affine_world_matrix(pair.fixed.ndim, result.report), result.warped_labels.data)
 
     def measure_cost(self, shape: tuple[int, ...]) -> None:
-        from torch.utils.flop_counter import FlopCounterMode
+        from ..inference import count_flops
 
         net = self._network(len(shape))
         moving = torch.rand(1, 1, *shape, device=self.device)
         fixed = torch.rand(1, 1, *shape, device=self.device)
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            net(moving, fixed)
-        self.cost.update(parameters=sum(p.numel() for p in net.parameters()),
-                         macs=counter.get_total_flops() / 2, eval_size=tuple(shape))
+        with torch.inference_mode():
+            flops = count_flops(lambda: net(moving, fixed))
+        self.cost.update(parameters=sum(p.numel() for p in net.parameters()), macs=flops / 2, eval_size=tuple(shape))
         self.cost["peak_memory_mib"] = self._peak_memory(net, moving, fixed, shape)
 
     def _peak_memory(self, net: nn.Module, moving: Tensor, fixed: Tensor, shape: tuple[int, ...]) -> float:
