@@ -33,16 +33,29 @@ class UpBlock(nn.Module):
         self.conv2 = unit(ndim, out_ch, out_ch)
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        """Runs in the channels-last layout (faster convolutions and upsampling on CPU);
-        the skip is not concatenated but convolved with its part of ``conv1``'s weight.
-        Without autograd, a large upsampled map is only built one slab at a time."""
+        """:meth:`merge` then :meth:`refine`."""
+        return self.refine(self.merge(x, skip))
+
+    def merge(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """Upsampling, skip and ``conv1``: the part that needs the skip.
+
+        Runs in the channels-last layout (faster convolutions and upsampling on CPU); the
+        skip is not concatenated but convolved with its part of ``conv1``'s weight.
+        Without autograd, large maps are only built one slab at a time."""
         x, skip = channels_last(x), None if skip is None else channels_last(skip)
         conv, *rest = self.conv1
-        slabs = slabs_for(x.numel() * x.element_size() * 2 ** (x.dim() - 2))  # the upsampled map
+        # the largest temporaries of a whole-map pass: the upsampled map, or conv_concat's two partial outputs
+        upsampled = x.numel() * x.element_size() * 2 ** (x.dim() - 2)
+        partial_outputs = (1 + (skip is not None)) * upsampled // x.shape[1] * conv.out_channels
+        slabs = slabs_for(max(upsampled, partial_outputs))
         x = self._up_conv(conv, x, skip) if slabs == 1 else self._up_conv_in_slabs(conv, x, skip, slabs)
-        for layer in (*rest, *self.conv2):  # rebinding x frees each input as soon as it is used
+        for layer in rest:
             x = layer(x)
         return x
+
+    def refine(self, x: Tensor) -> Tensor:
+        """``conv2``."""
+        return self.conv2(x)
 
     def _up_conv(self, conv: nn.Module, x: Tensor, skip: Tensor | None) -> Tensor:
         """``conv(cat([upsample(x), skip], 1))``."""
@@ -100,12 +113,19 @@ class SkipDecoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def forward(self, x: Tensor, skips: Sequence[Tensor | None]) -> Tensor:
-        for block, skip in zip(self.blocks, skips):
+    def forward(self, x: Tensor, skips: list[Tensor | None]) -> Tensor:
+        """``skips[i]`` for block ``i``; each entry is set to None once its block has
+        merged it, so a skip the caller holds only through this list is freed before the
+        block's second convolution (TransMorph's full-resolution skip: 16 channel-volumes,
+        0.4 GiB at 160×192×224)."""
+        for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and x.requires_grad:
-                x = checkpoint(block, x, skip, use_reentrant=False)
+                x = checkpoint(block, x, skips[i], use_reentrant=False)
+                skips[i] = None
             else:
-                x = block(x, skip)
+                x = block.merge(x, skips[i])
+                skips[i] = None  # before conv2: a skip held only by this list is freed here
+                x = block.refine(x)
         return x
 
 

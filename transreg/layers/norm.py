@@ -85,6 +85,8 @@ class BatchNormAct(_BatchNorm):
         self._check_input_dim(x)
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
+        # in x's dtype: a float32 factor on a bf16 map would compute through a float32 temporary
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        x = x.mul_(scale.view(shape)) if self.inplace else x * scale.view(shape)
-        return F.relu_(x.add_(shift.view(shape)))
+        scale, shift = scale.to(x.dtype).view(shape), shift.to(x.dtype).view(shape)
+        x = x.mul_(scale) if self.inplace else x * scale
+        return F.relu_(x.add_(shift))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..decoders import FlowHead, ViTVNetDecoder
 from ..encoders import ViTEncoder
+from ..layers import channels_last
 from ..registry import register_model
 from .base import InputError, RegistrationModel
 
@@ -77,9 +78,11 @@ class ViTVNet(RegistrationModel):
                 f"{x.shape[0]} at {tuple(x.shape[2:])} (padded) gives {tokens}: use a batch of 2 or more, or "
                 f"images larger than {self.size_divisor} voxels along some axis"
             )
-        features = self.encoder(x)
+        features = self.encoder(channels_last(x))  # the stem then writes its skips in the decoder's layout
+        tokens = features[-1]
         skips = [None if j is None else features[j] for j in self.skip_index]
-        return self.head(self.decoder(features[-1], skips)), None
+        del features  # the decoder frees each skip once used (SkipDecoder.forward)
+        return self.head(self.decoder(tokens, skips)), None
 
 
 @register_model
