@@ -14,8 +14,8 @@ def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool 
 
     ``x`` ``(B, C, *S)``, 2-D or 3-D; the output has ``x``'s shape and memory format.
     Without an autograd graph, a channels-last ``x`` is normalised through its
-    ``(B, voxels, C)`` view: the mean and the variance of the centred values by batched
-    matrix products (a row of ones; the Gram matrix's diagonal), no layout copies, in place
+    ``(B, voxels, C)`` view: the mean, the centring and the variance of the centred values
+    by batched matrix products (a row of ones, a rank-1 update, the Gram matrix's diagonal), no layout copies, in place
     when ``inplace``. (``F.instance_norm`` copies a channels-last tensor to the
     contiguous layout and returns it there, which slows the next convolution.) Elsewhere
     ``F.instance_norm``. Both are two-pass (centred) variances.
@@ -27,8 +27,10 @@ def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool 
         x = x.clone(memory_format=torch.preserve_format)
         view = _voxels_by_channels(x)
     voxels = view.shape[1]
-    sums = torch.bmm(view.new_ones(view.shape[0], 1, voxels), view)  # (B, 1, C); as fast in bf16 as in fp32
-    view.sub_(sums.float().div_(voxels).to(x.dtype))
+    ones = view.new_ones(view.shape[0], 1, voxels)
+    mean = torch.bmm(ones, view).float().div_(voxels).to(x.dtype)  # (B, 1, C)
+    # view -= mean as a rank-1 update: in bf16 a broadcast sub_ is not vectorised here (~12x slower)
+    view.baddbmm_(ones.transpose(1, 2), mean, alpha=-1)
     var = torch.bmm(view.transpose(1, 2), view).diagonal(dim1=1, dim2=2).float().div_(voxels)
     view.mul_(var.add_(eps).rsqrt_().unsqueeze(1).to(x.dtype))
     return F.leaky_relu_(x, slope)
