@@ -12,8 +12,10 @@ from scipy.ndimage import gaussian_filter
 
 import transreg
 from transreg.decoders import FlowHead, UpBlock, VxmDecoder
-from transreg.inference import predict
-from transreg.layers import WindowAttention, channels_last, conv_concat, linear_mode, shifted_window_mask, slabs
+from transreg.inference import count_flops, predict
+from transreg.layers import (
+    BatchNormAct, InstanceNormAct, WindowAttention, channels_last, conv_concat, linear_mode, shifted_window_mask, slabs,
+)
 from transreg.spatial import warp
 
 
@@ -190,8 +192,6 @@ def test_instance_norm_act_equals_instance_norm_then_leaky_relu(ndim, channels_l
     """Against a float64 reference, with badly scaled data (mean ≫ std): the in-place
     channels-last path of inference, the autograd path and the contiguous-layout path;
     the output keeps the input's memory format and `inplace=False` leaves the input alone."""
-    from transreg.layers import InstanceNormAct, channels_last
-
     torch.manual_seed(0)
     shape = (2, 5, *(9, 12, 7)[:ndim])
     x = torch.randn(shape) * torch.tensor([0.1, 1, 3, 0.5, 2]).view(1, 5, *[1] * ndim) + torch.arange(5.0).view(
@@ -229,8 +229,6 @@ def test_instance_norm_act_equals_instance_norm_then_leaky_relu(ndim, channels_l
 def test_batch_norm_act_equals_batch_norm_then_relu(ndim):
     """Inference (running statistics, in place or not, channels-last or not) and training
     (batch statistics, running-statistics update) against nn.BatchNorm + ReLU."""
-    from transreg.layers import BatchNormAct, channels_last
-
     torch.manual_seed(0)
     reference = (torch.nn.BatchNorm2d if ndim == 2 else torch.nn.BatchNorm3d)(6)
     fused = BatchNormAct(6, inplace=True)
@@ -260,8 +258,6 @@ def test_batch_norm_act_equals_batch_norm_then_relu(ndim):
 def test_count_flops_includes_the_direct_onednn_convolutions():
     """In float32 CPU inference conv_concat calls oneDNN directly; the count is still
     2 · in · out · 27 · voxels, as with autograd on (the ordinary convolution op)."""
-    from transreg.inference import count_flops
-
     conv = torch.nn.Conv3d(5, 4, 3, padding=1, bias=False)
     parts = [torch.randn(1, 3, 6, 7, 8), torch.randn(1, 2, 6, 7, 8)]
     expected = 2 * 5 * 4 * 27 * 6 * 7 * 8

@@ -4,12 +4,12 @@ from .conv import (
     ConvAct,
     ConvNormAct,
     avg_pool_nd,
-    channels_last,
     conv_concat,
     conv_nd,
     linear_mode,
     max_pool_nd,
 )
+from .memory_format import channels_last
 from .norm import BatchNormAct, InstanceNormAct, instance_norm_act
 from .patch import PatchEmbed, PatchMerging
 from .pos_embed import resize_pos_embed, sinusoidal_pos_embed

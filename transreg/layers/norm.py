@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .memory_format import is_channels_last
+
 __all__ = ["BatchNormAct", "InstanceNormAct", "instance_norm_act"]
 
 
@@ -14,9 +16,9 @@ def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool 
 
     ``x`` ``(B, C, *S)``, 2-D or 3-D; the output has ``x``'s shape and memory format.
     Without an autograd graph, a channels-last ``x`` is normalised through its
-    ``(B, voxels, C)`` view: the mean, the centring and the variance of the centred values
-    by batched matrix products (a row of ones, a rank-1 update, the Gram matrix's diagonal), no layout copies, in place
-    when ``inplace``. (``F.instance_norm`` copies a channels-last tensor to the
+    ``(B, voxels, C)`` view: the mean, the centring and the variance of the centred
+    values by batched matrix products (a row of ones, a rank-1 update, the Gram matrix's
+    diagonal), no layout copies, in place when ``inplace``. (``F.instance_norm`` copies a channels-last tensor to the
     contiguous layout and returns it there, which slows the next convolution.) Elsewhere
     ``F.instance_norm``. Both are two-pass (centred) variances.
     """
@@ -38,10 +40,7 @@ def instance_norm_act(x: Tensor, slope: float, eps: float = 1e-5, inplace: bool 
 
 def _voxels_by_channels(x: Tensor) -> Tensor | None:
     """The ``(B, voxels, C)`` view of a channels-last ``x``, or None if it has none."""
-    if x.dim() not in (4, 5) or x.shape[1] < 2:
-        return None
-    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    if not x.is_contiguous(memory_format=fmt):
+    if not is_channels_last(x) or x.shape[1] < 2:
         return None
     return x.permute(0, *range(2, x.dim()), 1).view(x.shape[0], -1, x.shape[1])
 

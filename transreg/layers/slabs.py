@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .memory_format import channels_last_format, is_channels_last
+
 __all__ = ["SLAB_BYTES", "slabs_for", "rows_in_slabs"]
 
 SLAB_BYTES = 256 * 2**20
@@ -43,15 +45,8 @@ def rows_in_slabs(rows: Callable[[int, int], Tensor], length: int, slabs: int, m
         slab = rows(a, b)
         if out is None:
             out = torch.empty(slab.shape[:2] + (length,) + slab.shape[3:], dtype=slab.dtype, device=slab.device,
-                              memory_format=_memory_format(slab))
+                              memory_format=channels_last_format(slab) if is_channels_last(slab)
+                              else torch.contiguous_format)
         out[:, :, a:b] = slab
         del slab  # before the next slab is made
     return out
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
