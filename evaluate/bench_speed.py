@@ -42,15 +42,26 @@ def _sync(device: str) -> None:
 
 
 def _timed(fn, device: str, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls: CUDA events
+    on a GPU (the device's own clock), the wall clock on CPU."""
+    import torch
+
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
     return times
 
 
@@ -60,11 +71,13 @@ def measure_limit(device: str, precision: str) -> float:
     import torch.nn.functional as F
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    x = torch.randn(1, 32, 64, 64, 64, device=device, dtype=dtype)
-    w = torch.randn(32, 32, 3, 3, 3, device=device, dtype=dtype)
-    conv_flops = 2 * 32 * 32 * 27 * 64**3
-    a = torch.randn(2048, 2048, device=device, dtype=dtype)
-    mm_flops = 2 * 2048**3
+    # large enough to fill the device: 2 CPU cores, or a GPU's ~100 SMs
+    channels, side, n = (64, 128, 8192) if device.startswith("cuda") else (32, 64, 2048)
+    x = torch.randn(1, channels, side, side, side, device=device, dtype=dtype)
+    w = torch.randn(channels, channels, 3, 3, 3, device=device, dtype=dtype)
+    conv_flops = 2 * channels**2 * 27 * side**3
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    mm_flops = 2 * n**3
     with torch.inference_mode():
         t_conv = min(statistics.median(_timed(lambda: F.conv3d(y, w, padding=1), device, 2, 5))
                      for y in (x, x.contiguous(memory_format=torch.channels_last_3d)))
@@ -139,6 +152,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (time after warm-up)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark: cuDNN picks its fastest kernels per shape (GPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--retain-memory", action="store_true",
                         help="transreg.inference.retain_freed_memory(): no page faults, higher resident peak")
@@ -152,6 +167,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.retain_memory:
         from transreg.inference import retain_freed_memory
 
@@ -171,6 +187,8 @@ def main() -> None:
         common += ["--threads", str(args.threads)]
     if args.compile:
         common.append("--compile")
+    if args.cudnn_benchmark:
+        common.append("--cudnn-benchmark")
     if args.retain_memory:
         common.append("--retain-memory")
     limits = {p: measure_limit(args.device, p) for p in args.precisions}
@@ -210,9 +228,10 @@ def main() -> None:
         "- time: median of the repeats after warm-up (and after one untimed warm-up process), batch 1;"
         " train = forward + NCC(9) + diffusion + backward + Adam step"
         " (train-ckpt: with gradient checkpointing in encoder and decoder)" + ("; torch.compile" if args.compile else "")
+        + ("; cudnn.benchmark" if args.cudnn_benchmark else "")
         + ("; freed memory retained (transreg.inference.retain_freed_memory)" if args.retain_memory else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
-        " peak allocated on CUDA; GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
+        " peak allocated on CUDA (timed with CUDA events); GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
         header, *lines, "",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
