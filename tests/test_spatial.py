@@ -91,3 +91,22 @@ def test_resize_flow_rescales_vectors():
 def test_bad_flow_shapes_raise_clear_error(bad):
     with pytest.raises(ValueError, match="flow must have shape"):
         warp(torch.zeros(1, 1, 4, 4, 4), bad)
+
+
+def test_bfloat16_flow_is_sampled_at_float32_positions():
+    """Under bf16 autocast the head's flow is bfloat16: positions beyond voxel 128 must
+    not round to whole voxels (bf16 has 8 significant bits)."""
+    shape = (300, 20)
+    image = torch.from_numpy(np.random.default_rng(0).random(shape, dtype=np.float32))[None, None]
+    flow = _smooth_field(shape, 2.5, seed=4).bfloat16()
+    exact = flow.float()
+    expected = ndimage.map_coordinates(image[0, 0].numpy().astype(np.float64),
+                                       np.indices(shape) + exact[0].numpy(), order=1, mode="grid-constant")
+    np.testing.assert_allclose(warp(image, flow)[0, 0].numpy(), expected, atol=1e-4)
+    warped_bf16 = warp(image.bfloat16(), flow)
+    assert warped_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(warped_bf16, warp(image, exact).bfloat16())
+    velocity = flow * 0.5
+    flow_bf16 = integrate(velocity)
+    assert flow_bf16.dtype == torch.float32
+    torch.testing.assert_close(flow_bf16, integrate(velocity.float()), rtol=0, atol=0)

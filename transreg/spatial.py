@@ -41,9 +41,12 @@ def sampling_grid(flow: Tensor, source_shape: Sequence[int] | None = None) -> Te
 
     ``source_shape`` is the spatial shape of the image that is sampled (default: the
     flow's own grid). Coordinates are voxel indices of that image, so a source of another
-    size is sampled at the same voxel indices.
+    size is sampled at the same voxel indices. The grid is float32 (or float64) whatever
+    the flow's dtype: in bfloat16, positions beyond voxel 128 would round to whole voxels.
     """
     ndim = _check_flow(flow)
+    if flow.dtype not in (torch.float32, torch.float64):
+        flow = flow.float()
     spatial = flow.shape[2:]
     source_shape = tuple(source_shape) if source_shape is not None else tuple(spatial)
     coords = []
@@ -66,7 +69,9 @@ def warp(
     """Resample ``image`` ``(B, C, *src_spatial)`` at ``x + flow(x)``.
 
     Returns ``(B, C, *flow_spatial)`` in ``image``'s dtype. Integer images (label maps)
-    are sampled in float32 and rounded back; use ``mode="nearest"`` for them.
+    are sampled in float32 and rounded back; use ``mode="nearest"`` for them. Sampling
+    positions and interpolation are float32 at least (a bfloat16 image or flow, e.g.
+    under autocast, is sampled in float32 and the result cast back).
     """
     ndim = _check_flow(flow)
     if image.dim() != ndim + 2:
@@ -80,10 +85,10 @@ def warp(
         else:
             raise ValueError(f"batch sizes differ: image {image.shape[0]}, flow {flow.shape[0]}")
     integer = not torch.is_floating_point(image)
-    source = image.float() if integer else image
+    source = image if image.dtype in (torch.float32, torch.float64) else image.float()
     grid = sampling_grid(flow.to(source.dtype), image.shape[2:])
     out = F.grid_sample(source, grid, mode=mode, padding_mode=padding, align_corners=True)
-    return out.round().to(image.dtype) if integer else out
+    return (out.round() if integer else out).to(image.dtype)
 
 
 def compose(flow_a: Tensor, flow_b: Tensor, padding: PaddingMode = "border") -> Tensor:
@@ -99,11 +104,14 @@ def integrate(velocity: Tensor, steps: int = 7, padding: PaddingMode = "zeros") 
     """Scaling and squaring: the displacement of ``exp(velocity)``.
 
     ``velocity`` ``(B, ndim, *spatial)`` in voxels (a stationary velocity field); the
-    result is ``(B, ndim, *spatial)``. ``padding="zeros"`` matches VoxelMorph.
+    result is ``(B, ndim, *spatial)``, float32 for a lower-precision velocity (the
+    squarings accumulate in float32). ``padding="zeros"`` matches VoxelMorph.
     """
     _check_flow(velocity)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if velocity.dtype not in (torch.float32, torch.float64):
+        velocity = velocity.float()
     flow = velocity / (2**steps)
     for _ in range(steps):
         flow = flow + warp(flow, flow, padding=padding)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvAct, channels_last, conv_concat
-from ..layers.slabs import rows_in_slabs, slabs_for
+from ..layers.slabs import checkpoint_in_slabs, rows_in_slabs, slab_count, slabs_for
 
 __all__ = ["VxmDecoder"]
 
@@ -36,7 +37,10 @@ class VxmDecoder(nn.Module):
     weight, :func:`~transreg.layers.conv_concat`); without autograd, the full-resolution
     part (upsampling, skip, extra convolutions, the head) runs in slabs when its upsampled
     map is large (:mod:`transreg.layers.slabs`): no full-resolution feature map exists
-    whole, only the output.
+    whole, only the output. With ``grad_checkpointing`` (training) that part stores
+    only its inputs and is recomputed slab by slab in the backward pass
+    (:func:`~transreg.layers.slabs.checkpoint_in_slabs`): its full-resolution maps,
+    most of VoxelMorph's training memory, exist one slab at a time.
     """
 
     def __init__(self, ndim: int, in_ch: int, skip_channels: Sequence[int], channels: Sequence[int]):
@@ -57,6 +61,10 @@ class VxmDecoder(nn.Module):
             self.extras.append(ConvAct(ndim, prev, width, slope=0.2))
             prev = width
         self.out_channels = prev
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward(self, x: Tensor, skips: Sequence[Tensor], head: nn.Module | None = None) -> Tensor:
         """``x`` ``(B, in_ch, *S / 2^L)``; ``skips`` fine to coarse (``skips[0]`` at ``S``)."""
@@ -68,10 +76,17 @@ class VxmDecoder(nn.Module):
         x = _unit_on_parts(unit, parts)
         skip = channels_last(skip)
         # a slab's temporaries: about twice its upsampled map (measured: the peak grows ~5× the slab bytes)
-        slabs = slabs_for(2 * x.numel() * x.element_size() * 2 ** (x.dim() - 2))
+        nbytes = 2 * x.numel() * x.element_size() * 2 ** (x.dim() - 2)
+        fine = skip.shape[2]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            parameters = [*self.extras.parameters(), *([] if head is None else head.parameters())]
+            # a slab's backward holds its recomputed maps and their gradients: twice the forward's temporaries
+            return checkpoint_in_slabs(lambda a, b, x, skip: self._rows(a, b, x, skip, head),
+                                       (x, skip), parameters, fine, slab_count(2 * nbytes))
+        slabs = slabs_for(nbytes)
         if slabs == 1:
             return self._full_resolution([self._upsample(x), skip], head)
-        return self._full_resolution_in_slabs(x, skip, head, slabs)
+        return rows_in_slabs(lambda a, b: self._rows(a, b, x, skip, head), fine, slabs)
 
     @staticmethod
     def _upsample(x: Tensor) -> Tensor:
@@ -86,9 +101,8 @@ class VxmDecoder(nn.Module):
             x = trim(unit(x))
         return x if head is None else trim(head(x))
 
-    def _full_resolution_in_slabs(self, x: Tensor, skip: Tensor, head: nn.Module | None, slabs: int) -> Tensor:
-        """``_full_resolution([upsample(x), skip], head)`` in ``slabs`` slabs along the
-        first axis.
+    def _rows(self, a: int, b: int, x: Tensor, skip: Tensor, head: nn.Module | None) -> Tensor:
+        """Rows ``[a, b)`` (first spatial axis) of ``_full_resolution([upsample(x), skip], head)``.
 
         Output rows ``[a, b)`` depend on rows ``[a - h, b + h)`` of the upsampled map and
         the skip (``h`` = one row per 3×3 convolution, the head's included); nearest
@@ -98,19 +112,15 @@ class VxmDecoder(nn.Module):
         the next ones need, and the last leaves exactly ``[a, b)``.
         """
         halo, fine = len(self.extras) + (head is not None), skip.shape[2]
+        # the rows alive before the first convolution and after each one: [a - m, b + m) for m = h … 0
+        alive = [(max(a - m, 0), min(b + m, fine)) for m in range(halo, -1, -1)]
+        crops = iter(zip(alive, alive[1:]))
 
-        def rows(a: int, b: int) -> Tensor:
-            # the rows alive before the first convolution and after each one: [a - m, b + m) for m = h … 0
-            alive = [(max(a - m, 0), min(b + m, fine)) for m in range(halo, -1, -1)]
-            crops = iter(zip(alive, alive[1:]))
+        def trim(y: Tensor) -> Tensor:
+            (start, _), (keep_start, keep_stop) = next(crops)
+            return y[:, :, keep_start - start : keep_stop - start]
 
-            def trim(y: Tensor) -> Tensor:
-                (start, _), (keep_start, keep_stop) = next(crops)
-                return y[:, :, keep_start - start : keep_stop - start]
-
-            lo, hi = alive[0]
-            c0 = lo // 2
-            up = self._upsample(x[:, :, c0 : (hi + 1) // 2])
-            return self._full_resolution([up[:, :, lo - 2 * c0 : hi - 2 * c0], skip[:, :, lo:hi]], head, trim)
-
-        return rows_in_slabs(rows, fine, slabs)
+        lo, hi = alive[0]
+        c0 = lo // 2
+        up = self._upsample(x[:, :, c0 : (hi + 1) // 2])
+        return self._full_resolution([up[:, :, lo - 2 * c0 : hi - 2 * c0], skip[:, :, lo:hi]], head, trim)

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import ConvAct, WindowAttention, conv_nd, max_pool_nd, resize_pos_embed
 
@@ -43,14 +44,29 @@ class ConvStem(nn.Module):
         self.feature_info += [
             {"num_chs": channels[-1], "reduction": 2 ** (last + j), "module": "pool"} for j in range(1, extra_pools + 1)
         ]
+        self.grad_checkpointing = False
+
+    def _pool(self, x: Tensor) -> Tensor:
+        """2× max pooling in ``x``'s dtype: exact in any dtype, while CPU autocast would
+        pool (and keep for the backward pass) a float32 copy of a bf16 map."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.pool(x)
+
+    def _level(self, i: int, x: Tensor) -> Tensor:
+        return self.levels[i](self._pool(x) if i > 0 else x)
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        """With ``grad_checkpointing`` (training) each level's inner maps (its first
+        convolution's output, the pooling indices) are recomputed in the backward pass."""
         features = []
-        for i, level in enumerate(self.levels):
-            x = level(self.pool(x) if i > 0 else x)
+        for i in range(len(self.levels)):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(self._level, i, x, use_reentrant=False)
+            else:
+                x = self._level(i, x)
             features.append(x)
         for _ in range(self.extra_pools):
-            x = self.pool(x)
+            x = self._pool(x)
             features.append(x)
         return features
 
@@ -120,6 +136,12 @@ class ViTEncoder(nn.Module):
         self.feature_info = self.stem.feature_info + [
             {"num_chs": hidden_size, "reduction": self.size_divisor, "module": "norm"}
         ]
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the stem levels and the transformer blocks in the backward pass."""
+        self.grad_checkpointing = enable
+        self.stem.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = self.stem(x)
@@ -129,7 +151,10 @@ class ViTEncoder(nn.Module):
         tokens = tokens + resize_pos_embed(self.pos_embed, grid)
         tokens = self.pos_drop(tokens.flatten(2).transpose(1, 2))  # (B, N, hidden)
         for block in self.blocks:
-            tokens = block(tokens)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
         tokens = self.norm(tokens)
         features.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid))
         return features
