@@ -217,7 +217,8 @@ def main() -> None:
             f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | {r['params']:,} | {r['gflop']:.1f} "
             f"| {r['seconds']:.3f} | {r['peak_gib']:.2f} | {rate:.1f} | {rate / limits[r['precision']]:.0%} |"
         )
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
+    device = args.device + (f" ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else "")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}"
     text = "\n".join([
         "# Speed and memory of the registry architectures", "",
         f"- command: `python evaluate/bench_speed.py {' '.join(sys.argv[1:])}`",
