@@ -108,6 +108,10 @@ class RunConfig:
     val_every: int = 100
     ckpt_every: int = 100
     keep_checkpoints: int = 2
+    # CUDA: let cuDNN time its convolution algorithms once for the fixed training size
+    # (measured on an H200: transmorph_large's bf16 step 1.8 → 0.34 s; its default choice
+    # for one weight gradient took 1.5 s)
+    cudnn_benchmark: bool = True
 
 
 @dataclass

@@ -331,6 +331,8 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.step_lr = config.optim.lr
         self.dist, self.device = _init_distributed(config.run.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.run.cudnn_benchmark
         self.amp = amp_settings(config.run.precision, self.device.type)
         self._check_run_dir()
         _seed_everything(config.run.seed)
