@@ -125,6 +125,9 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    # before the first step: imports, the model and the inputs (CPU: the resident high-water mark)
+    start = torch.cuda.memory_allocated() if device.startswith("cuda") else resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024
     times = _timed(step, device, warmup, repeats)
     # read the peak before counting FLOPs: the counter's dispatch hooks keep more alive
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
@@ -133,7 +136,7 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
     return {
         "arch": arch, "size": "×".join(map(str, size)), "mode": mode, "precision": precision,
         "params": params, "gflop": flops / 1e9,
-        "seconds": statistics.median(times), "peak_gib": peak / 2**30,
+        "seconds": statistics.median(times), "peak_gib": peak / 2**30, "step_gib": (peak - start) / 2**30,
     }
 
 
@@ -206,16 +209,17 @@ def main() -> None:
                     print(json.dumps(result), flush=True)
 
     header = ("| architecture | size | mode | precision | params | GFLOP | time (s) | peak mem (GiB) "
-              "| GFLOP/s | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+              "| of it the steps (GiB) | GFLOP/s | of limit |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | error: {r['error']} |||||||")
+            lines.append(f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | error: {r['error']} ||||||||")
             continue
         rate = r["gflop"] / r["seconds"]
         lines.append(
             f"| {r['arch']} | {r['size']} | {r['mode']} | {r['precision']} | {r['params']:,} | {r['gflop']:.1f} "
-            f"| {r['seconds']:.3f} | {r['peak_gib']:.2f} | {rate:.1f} | {rate / limits[r['precision']]:.0%} |"
+            f"| {r['seconds']:.3f} | {r['peak_gib']:.2f} | {r['step_gib']:.2f} | {rate:.1f} "
+            f"| {rate / limits[r['precision']]:.0%} |"
         )
     device = args.device + (f" ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else "")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}"
@@ -232,7 +236,8 @@ def main() -> None:
         + ("; cudnn.benchmark" if args.cudnn_benchmark else "")
         + ("; freed memory retained (transreg.inference.retain_freed_memory)" if args.retain_memory else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
-        " peak allocated on CUDA (timed with CUDA events); GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
+        " peak allocated on CUDA (timed with CUDA events); of it the steps: the peak minus the same measure"
+        " before the first step (imports, model, inputs; CPU: the resident high-water mark); GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
         header, *lines, "",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
