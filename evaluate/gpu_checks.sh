@@ -22,8 +22,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 bench="$py evaluate/bench_speed.py --device cuda --sizes 160,192,224 --models $models --warmup 2 --repeats 5"
 step speed_inference 180 $bench --modes inference --precisions fp32 bf16 --out "$out/speed_cuda_inference.md"
-step speed_train_ckpt_bf16 120 $bench --modes train-ckpt --precisions bf16 --out "$out/speed_cuda_train_ckpt_bf16.md"
-step speed_train_fp32 120 $bench --modes train --precisions fp32 --out "$out/speed_cuda_train_fp32.md"
+step speed_train_ckpt_bf16 120 $bench --cudnn-benchmark --modes train-ckpt --precisions bf16 --out "$out/speed_cuda_train_ckpt_bf16.md"
+step speed_train_fp32 120 $bench --cudnn-benchmark --modes train --precisions fp32 --out "$out/speed_cuda_train_fp32.md"
 step equivalence 150 $py evaluate/check_device.py --device cuda --size 160,192,224
 for precision in fp32 bf16; do
     step "register_$precision" 60 $py -m transreg register --sample --device cuda --precision "$precision" \
