@@ -112,6 +112,10 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
         model.train()
         if mode == "train-ckpt":
             getattr(model, "_orig_mod", model).set_grad_checkpointing(True)
+            if device == "cpu":  # as the trainer does in memory-lean training on CPU
+                from transreg.inference import return_freed_memory
+
+                return_freed_memory()
         similarity, regulariser = NCC(window=9), Diffusion()
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -232,7 +236,8 @@ def main() -> None:
         + ", ".join(f"{p} {v:.0f} GFLOP/s" for p, v in limits.items()),
         "- time: median of the repeats after warm-up (and after one untimed warm-up process), batch 1;"
         " train = forward + NCC(9) + diffusion + backward + Adam step"
-        " (train-ckpt: with gradient checkpointing in encoder and decoder)" + ("; torch.compile" if args.compile else "")
+        " (train-ckpt: with gradient checkpointing in encoder and decoder, on CPU with"
+        " transreg.inference.return_freed_memory as the trainer)" + ("; torch.compile" if args.compile else "")
         + ("; cudnn.benchmark" if args.cudnn_benchmark else "")
         + ("; freed memory retained (transreg.inference.retain_freed_memory)" if args.retain_memory else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"

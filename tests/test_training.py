@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import transreg
+from transreg import training
 from transreg.cli import main as cli_main
 from transreg.config import ConfigError, TrainConfig, load_config
 from transreg.data import ShapesPairs
@@ -271,10 +272,13 @@ def test_grad_checkpointing_gives_the_same_losses(tmp_path, monkeypatch):
         return torch.utils.checkpoint.checkpoint(*args, **kwargs)
 
     monkeypatch.setattr(swin, "checkpoint", counting_checkpoint)
+    allocator_policy = []
+    monkeypatch.setattr(training, "return_freed_memory", lambda: allocator_policy.append(1))
     Trainer(config(tmp_path / "a", steps=2)).fit()
-    assert not calls
+    assert not calls and not allocator_policy
     Trainer(config(tmp_path / "b", steps=2, model={"grad_checkpointing": True})).fit()
     assert calls  # the encoder recomputed its blocks in backward
+    assert allocator_policy  # memory-lean training on CPU returns freed blocks to the kernel
     la = [r["loss"] for r in jsonl(tmp_path / "a" / "metrics.jsonl")]
     lb = [r["loss"] for r in jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert la == pytest.approx(lb, rel=1e-5)

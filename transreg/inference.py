@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from .models.base import RegistrationOutput
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict", "retain_freed_memory"]
+__all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict", "retain_freed_memory",
+           "return_freed_memory"]
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -54,6 +55,25 @@ def predict(model: nn.Module, moving: Tensor, fixed: Tensor, precision: Precisio
     )
 
 
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Apply glibc ``mallopt(option, value)`` settings; False where glibc is absent or one fails."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(bool(mallopt(option, value)) for option, value in settings)
+
+
+# glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+
+
 def retain_freed_memory() -> bool:
     """Keep freed memory in this process instead of returning it to the kernel (glibc).
 
@@ -64,19 +84,22 @@ def retain_freed_memory() -> bool:
     price of a higher resident peak (3.5 → 5.4 GiB; the heap keeps its high-water mark).
     Process-wide and irreversible; a no-op (returns ``False``) where glibc is absent.
     """
-    import ctypes
-    import ctypes.util
+    return _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+def return_freed_memory(threshold: int = 2**20) -> bool:
+    """Give every freed block of ``threshold`` bytes or more back to the kernel (glibc).
+
+    The opposite trade to :func:`retain_freed_memory`, for memory-lean training on CPU:
+    after freeing a large block glibc raises its mmap threshold (up to 32 MiB), so later
+    blocks below it come from the heap, where freed space stays resident and fragments
+    (a training step's loss and its backward pass allocate many such blocks). A fixed
+    threshold keeps them mmapped, so the resident peak follows the live tensors:
+    ``vitvnet`` bf16 + checkpointing training step at 160×192×224 on 2 cores: peak
+    3.93 → 3.25 GiB, 11.5 → 12.8 s (page faults). The trainer calls it on CPU when
+    ``model.grad_checkpointing`` is on. Process-wide; ``False`` where glibc is absent.
+    """
+    return _mallopt((_M_MMAP_THRESHOLD, threshold))
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

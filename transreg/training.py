@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from .config import ConfigError, TrainConfig
 from .data import build_datasets
 from .data.sampler import StepBatchSampler
+from .inference import return_freed_memory
 from .spatial import warp
 
 __all__ = [
@@ -347,6 +348,8 @@ class Trainer:
         self.model.to(self.device)
         if config.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+            if self.device.type == "cpu":  # memory-lean: the resident peak follows the live tensors
+                return_freed_memory()
         if config.model.freeze_encoder:
             self._freeze_encoder()
         self.loss = build_loss(config.loss, self.num_labels).to(self.device)
