@@ -36,6 +36,11 @@ def _check_flow(flow: Tensor) -> int:
     return ndim
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` itself if float32 or float64, else a float32 copy (bfloat16, float16, integers)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def sampling_grid(flow: Tensor, source_shape: Sequence[int] | None = None) -> Tensor:
     """Normalised ``grid_sample`` grid ``(B, *spatial, ndim)`` for ``x + flow(x)``.
 
@@ -45,8 +50,7 @@ def sampling_grid(flow: Tensor, source_shape: Sequence[int] | None = None) -> Te
     the flow's dtype: in bfloat16, positions beyond voxel 128 would round to whole voxels.
     """
     ndim = _check_flow(flow)
-    if flow.dtype not in (torch.float32, torch.float64):
-        flow = flow.float()
+    flow = _at_least_float32(flow)
     spatial = flow.shape[2:]
     source_shape = tuple(source_shape) if source_shape is not None else tuple(spatial)
     coords = []
@@ -85,7 +89,7 @@ def warp(
         else:
             raise ValueError(f"batch sizes differ: image {image.shape[0]}, flow {flow.shape[0]}")
     integer = not torch.is_floating_point(image)
-    source = image if image.dtype in (torch.float32, torch.float64) else image.float()
+    source = _at_least_float32(image)
     grid = sampling_grid(flow.to(source.dtype), image.shape[2:])
     out = F.grid_sample(source, grid, mode=mode, padding_mode=padding, align_corners=True)
     return (out.round() if integer else out).to(image.dtype)
@@ -110,9 +114,7 @@ def integrate(velocity: Tensor, steps: int = 7, padding: PaddingMode = "zeros") 
     _check_flow(velocity)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if velocity.dtype not in (torch.float32, torch.float64):
-        velocity = velocity.float()
-    flow = velocity / (2**steps)
+    flow = _at_least_float32(velocity) / (2**steps)
     for _ in range(steps):
         flow = flow + warp(flow, flow, padding=padding)
     return flow
