@@ -351,3 +351,43 @@ def test_return_freed_memory_gives_freed_blocks_back():
     keeps about 48 MiB of them resident in the heap after a larger block was freed)."""
     out = subprocess.run([sys.executable, "-c", FREED_BLOCKS_SCRIPT], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip()) < 8.0
+
+
+def test_decoder_behind_a_frozen_encoder_is_still_checkpointed(monkeypatch):
+    """Fine-tuning with a frozen encoder: the decoder's input needs no gradient, its weights
+    do; with checkpointing on, its up-blocks are recomputed (not silently kept) and give
+    the same weight gradients. Neither encoder nor decoder recomputes under no_grad."""
+    import transreg.layers.checkpointing as checkpointing
+
+    owners = []
+
+    def recording_checkpoint(fn, *args, **kwargs):
+        owners.append(type(getattr(fn, "__self__", fn)).__name__)
+        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "checkpoint", recording_checkpoint)
+    torch.manual_seed(0)
+    model = transreg.create_model("transmorph_tiny", ndim=2, embed_dim=6, depths=(1, 1, 1, 1)).train()
+    model.encoder.requires_grad_(False)
+    torch.nn.init.normal_(model.head.conv.weight, std=0.1)  # the decoder's gradients well above rounding
+    moving, fixed = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)  # no gradient wanted, as in training
+
+    def decoder_gradients():
+        torch.manual_seed(1)  # the same stochastic depth in both passes
+        model.zero_grad()
+        out = model(moving, fixed)
+        (out.flow.square().mean() + F.mse_loss(out.warped, fixed)).backward()
+        return [p.grad.clone() for p in model.decoder.parameters()]
+
+    plain = decoder_gradients()
+    assert not owners
+    model.set_grad_checkpointing(True)
+    checkpointed = decoder_gradients()
+    assert owners.count("UpBlock") == len(model.decoder.blocks)
+    assert owners.count("SwinBlock") == 4
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    owners.clear()
+    with torch.no_grad():
+        model(moving, fixed)
+    assert not owners

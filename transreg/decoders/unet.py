@@ -5,9 +5,9 @@ from typing import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import ConvNormAct, avg_pool_nd, channels_last, conv_concat, linear_mode
+from ..layers.checkpointing import checkpointing_now, maybe_checkpoint
 from ..layers.slabs import rows_in_slabs, slabs_for
 
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
@@ -119,8 +119,8 @@ class SkipDecoder(nn.Module):
         block's second convolution (TransMorph's full-resolution skip: 16 channel-volumes,
         0.4 GiB at 160×192×224)."""
         for i, block in enumerate(self.blocks):
-            if self.grad_checkpointing and self.training and x.requires_grad:
-                x = checkpoint(block, x, skips[i], use_reentrant=False)
+            if checkpointing_now(self):
+                x = maybe_checkpoint(self, block, x, skips[i])
                 skips[i] = None
             else:
                 x = block.merge(x, skips[i])

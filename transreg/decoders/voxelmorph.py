@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvAct, channels_last, conv_concat
+from ..layers.checkpointing import checkpointing_now
 from ..layers.slabs import checkpoint_in_slabs, rows_in_slabs, slab_count, slabs_for
 
 __all__ = ["VxmDecoder"]
@@ -78,7 +78,7 @@ class VxmDecoder(nn.Module):
         # a slab's temporaries: about twice its upsampled map (measured: the peak grows ~5× the slab bytes)
         nbytes = 2 * x.numel() * x.element_size() * 2 ** (x.dim() - 2)
         fine = skip.shape[2]
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if checkpointing_now(self):
             parameters = [*self.extras.parameters(), *([] if head is None else head.parameters())]
             # a slab's backward holds its recomputed maps and their gradients: twice the forward's temporaries
             return checkpoint_in_slabs(lambda a, b, x, skip: self._rows(a, b, x, skip, head),

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import (
     PatchEmbed,
@@ -24,6 +23,7 @@ from ..layers import (
     window_partition,
     window_reverse,
 )
+from ..layers.checkpointing import maybe_checkpoint
 
 __all__ = ["SwinEncoder", "SwinBlock", "SwinStage"]
 
@@ -109,10 +109,7 @@ class SwinStage(nn.Module):
         """``(B, *S, C)`` → (stage output ``(B, *S, C)``, merged ``(B, *S/2, 2C)`` or the same)."""
         masks: dict = {}
         for block in self.blocks:
-            if self.grad_checkpointing and self.training and x.requires_grad:
-                x = checkpoint(block, x, masks, use_reentrant=False)
-            else:
-                x = block(x, masks)
+            x = maybe_checkpoint(self, block, x, masks)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 

@@ -12,9 +12,9 @@ from typing import Sequence
 import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..layers import ConvAct, WindowAttention, conv_nd, max_pool_nd, resize_pos_embed
+from ..layers.checkpointing import maybe_checkpoint
 
 __all__ = ["ConvStem", "ViTBlock", "ViTEncoder"]
 
@@ -60,10 +60,7 @@ class ConvStem(nn.Module):
         convolution's output, the pooling indices) are recomputed in the backward pass."""
         features = []
         for i in range(len(self.levels)):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(self._level, i, x, use_reentrant=False)
-            else:
-                x = self._level(i, x)
+            x = maybe_checkpoint(self, self._level, i, x)
             features.append(x)
         for _ in range(self.extra_pools):
             x = self._pool(x)
@@ -151,10 +148,7 @@ class ViTEncoder(nn.Module):
         tokens = tokens + resize_pos_embed(self.pos_embed, grid)
         tokens = self.pos_drop(tokens.flatten(2).transpose(1, 2))  # (B, N, hidden)
         for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, use_reentrant=False)
-            else:
-                tokens = block(tokens)
+            tokens = maybe_checkpoint(self, block, tokens)
         tokens = self.norm(tokens)
         features.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid))
         return features
