@@ -96,22 +96,27 @@ def test_demo_uses_the_zoo_default(default_checkpoint, tmp_path, capsys):
     assert "UNTRAINED" not in printed and tag.name in printed
 
 
-def test_shipped_default_checkpoint_beats_the_affine_stage_offline(tmp_path, monkeypatch):
-    """Zoo v1's default ships inside the package: with the Hub offline and an empty cache it
-    loads, its weights match the pinned sha256, and it registers the sample pair (test
-    subjects, never trained on) better than the affine stage alone."""
+def test_zoo_default_is_a_shipped_checkpoint():
+    assert zoo.DEFAULT_CHECKPOINT is not None, "zoo v1 ships a trained default checkpoint"
+    assert zoo.DEFAULT_CHECKPOINT in [t.name for t in zoo.PRETRAINED]
+    assert default_model() == zoo.DEFAULT_CHECKPOINT in transreg.list_models(pretrained=True)
+
+
+@pytest.mark.parametrize("name", [t.name for t in zoo.PRETRAINED])
+def test_shipped_checkpoint_beats_the_affine_stage_offline(name, tmp_path, monkeypatch):
+    """Every zoo v1 checkpoint ships inside the package: with the Hub offline and an empty
+    cache it loads, its weights match the pinned sha256, and it registers the sample pair
+    (test subjects, never trained on) better than the affine stage alone."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    assert zoo.DEFAULT_CHECKPOINT is not None, "zoo v1 ships a trained default checkpoint"
-    tag = registry.get_pretrained_tag(zoo.DEFAULT_CHECKPOINT)
-    assert default_model() == tag.name and zoo.DEFAULT_CHECKPOINT in transreg.list_models(pretrained=True)
+    tag = registry.get_pretrained_tag(name)
     shipped = Path(transreg.__file__).parent / tag.local_path
     assert sha256_file(shipped / "model.safetensors") == tag.sha256
     pair = sample_pair()
     fixed_labels = np.asarray(nib.load(pair["fixed_labels"]).dataobj)
     kwargs = dict(moving_labels=pair["moving_labels"], device="cpu")
     affine = register(pair["moving"], pair["fixed"], affine_only=True, **kwargs)
-    full = register(pair["moving"], pair["fixed"], **kwargs)
+    full = register(pair["moving"], pair["fixed"], model=name, **kwargs)
     info = full.report["model"]
     assert info["name"] == tag.name and info["trained"] is True and info["sha256"] == tag.sha256
     affine_dice = _labels_dice(affine.warped_labels.data, fixed_labels)

@@ -168,20 +168,39 @@ def train(arch: str, args: argparse.Namespace) -> int:
     return code
 
 
+def _running_seconds(session: dict) -> float:
+    """A session's wall time less ``paused_seconds``: time the run was stopped (SIGSTOP)
+    for benchmarks, added to its sessions.jsonl entry by hand when that happened."""
+    return session["seconds"] - session.get("paused_seconds", 0.0)
+
+
+def _hardware(sessions: list[dict], steps: int) -> str:
+    """Each machine / thread setting the run trained on, with its steps and seconds per step."""
+    groups: dict[str, list[float]] = {}
+    for s in sessions:
+        to_step = steps if s["to_step"] == "final" else s["to_step"]
+        group = groups.setdefault(s["machine"], [0, 0.0])
+        group[0] += to_step - s["from_step"]
+        group[1] += _running_seconds(s)
+    return "; ".join(f"{m}: {n} steps, {sec / n:.1f} s per step" if n else f"{m}: no steps"
+                     for m, (n, sec) in groups.items())
+
+
 def training_summary(run: Path) -> dict:
-    """Steps, wall time over all sessions, seconds per step, validation Dice, machine."""
+    """Steps, running time over all sessions, seconds per step, validation Dice, machine."""
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     log_file = run / "sessions.jsonl"  # absent when the run was trained without this driver
     sessions = [json.loads(l) for l in log_file.read_text().splitlines() if l.strip()] if log_file.is_file() else []
-    seconds = sum(s["seconds"] for s in sessions)
+    seconds = sum(_running_seconds(s) for s in sessions)
+    paused = sum(s.get("paused_seconds", 0.0) for s in sessions)
     steps = int(config["run"]["steps"])
     val = [json.loads(l) for l in (run / "validation.jsonl").read_text().splitlines() if l.strip()] \
         if (run / "validation.jsonl").is_file() else []
     dice = [v for v in val if "val_dice" in v]
-    return {"steps": steps, "hours": seconds / 3600, "seconds_per_step": seconds / steps, "sessions": len(sessions),
-            "machine": sessions[-1]["machine"] if sessions else machine(),
+    return {"steps": steps, "hours": seconds / 3600, "paused_hours": paused / 3600, "seconds_per_step": seconds / steps,
+            "sessions": len(sessions), "machine": _hardware(sessions, steps) if sessions else machine(),
             "val_dice_start": dice[0]["val_dice"] if dice else None, "val_dice_final": dice[-1]["val_dice"] if dice else None,
             "val_folding_final": val[-1].get("val_folding") if val else None, "config": config}
 
@@ -307,8 +326,9 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
         + (f" + {c['loss']['dice_weight']} × Dice on the label maps" if c['loss'].get('dice_weight') else "")
         + f"; Adam, lr {c['optim']['lr']} ({c['optim']['schedule']}), "
         f"batch {c['data']['batch_size']}, {t['steps']} steps, seed {c['run']['seed']}, precision {c['run']['precision']}",
-        (f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s), "
-         f"{t['seconds_per_step']:.1f} s per step" if t["sessions"] else
+        (f"- training time: {t['hours']:.1f} h wall clock over {t['sessions']} session(s)"
+         + (f" (not counted: {t['paused_hours']:.1f} h stopped for benchmarks)" if t["paused_hours"] else "")
+         + f", {t['seconds_per_step']:.1f} s per step on average" if t["sessions"] else
          "- training time: not recorded (trained without train/zoo_v1.py)"),
         f"- hardware: {t['machine']}",
         f"- validation Dice (aligned validation pairs, all labels, during training): {val_dice}",

@@ -20,6 +20,12 @@ from .registry import PretrainedTag, register_pretrained
 # zoo v1 (train/zoo_v1.py; recipe train/configs/zoo_v1.yaml; evaluate/results/zoo_v1/)
 PRETRAINED: tuple[PretrainedTag, ...] = (
     PretrainedTag(
+        arch="voxelmorph2", tag="synth_brain", hf_hub_id="transreg/voxelmorph2-synth-brain",
+        version="v1.0.0", revision=None,
+        sha256="7d90945668ee0bf07760bf2ca2182e57d1823b8b4867bd20a4730fc819b0395e",
+        local_path="assets/zoo/voxelmorph2.synth_brain",
+    ),
+    PretrainedTag(
         arch="transmorph_micro", tag="synth_brain", hf_hub_id="transreg/transmorph-micro-synth-brain",
         version="v1.0.0", revision=None,
         sha256="7e4c3e5ea8444e626ea545e00eb248e8defd081a3a3c320aa7542e385ec8d3f0",

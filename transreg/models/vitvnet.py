@@ -97,8 +97,9 @@ _MICRO_SIZE = {2: (96, 128), 3: (96, 128, 96)}  # the 2 mm brain grid 96×112×9
 @register_model
 def vitvnet_micro(**kwargs: Any) -> ViTVNet:
     """ViT-V-Net-Micro (transreg, for CPU training): stem 8-16-16, hidden 96, 4 layers of 4
-    heads, MLP 384, head 64, decoder 48-32-16-16-8; position grid of a 96×112×96 input."""
+    heads, MLP 384, head 64, decoder 48-32-32-16-16 (its last two levels at ViT-V-Net's
+    widths); position grid of a 96×112×96 input."""
     defaults = {"stem_channels": (8, 16, 16), "hidden_size": 96, "depth": 4, "num_heads": 4, "mlp_dim": 384,
-                "head_channels": 64, "decoder_channels": (48, 32, 16, 16, 8),
+                "head_channels": 64, "decoder_channels": (48, 32, 32, 16, 16),
                 "img_size": _MICRO_SIZE[kwargs.get("ndim", 3)]}
     return ViTVNet(**{**defaults, **kwargs})
