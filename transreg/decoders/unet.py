@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct, avg_pool_nd, channels_last, conv_concat, linear_mode
-from ..layers.checkpointing import checkpointing_now, maybe_checkpoint
+from ..layers.checkpointing import checkpointing_now, recompute_in_backward
 from ..layers.slabs import rows_in_slabs, slabs_for
 
 __all__ = ["UpBlock", "SkipDecoder", "InputConvSkips"]
@@ -120,7 +120,7 @@ class SkipDecoder(nn.Module):
         0.4 GiB at 160×192×224)."""
         for i, block in enumerate(self.blocks):
             if checkpointing_now(self):
-                x = maybe_checkpoint(self, block, x, skips[i])
+                x = recompute_in_backward(block, x, skips[i])
                 skips[i] = None
             else:
                 x = block.merge(x, skips[i])

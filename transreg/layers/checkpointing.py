@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["checkpointing_now", "maybe_checkpoint"]
+__all__ = ["checkpointing_now", "maybe_checkpoint", "recompute_in_backward"]
 
 
 def checkpointing_now(module: nn.Module) -> bool:
@@ -22,9 +22,13 @@ def checkpointing_now(module: nn.Module) -> bool:
     return bool(getattr(module, "grad_checkpointing", False)) and module.training and torch.is_grad_enabled()
 
 
+def recompute_in_backward(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` keeping only ``args`` for the backward pass, which runs ``fn`` again
+    (non-reentrant checkpoint: RNG state and autocast replayed)."""
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
 def maybe_checkpoint(module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, checkpointed (non-reentrant) when :func:`checkpointing_now` says so
-    for ``module`` (the owner of the flag; ``fn`` is one of its blocks or methods)."""
-    if checkpointing_now(module):
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+    """``fn(*args)``, through :func:`recompute_in_backward` when :func:`checkpointing_now`
+    says so for ``module`` (the owner of the flag; ``fn`` is one of its blocks or methods)."""
+    return recompute_in_backward(fn, *args) if checkpointing_now(module) else fn(*args)
