@@ -31,6 +31,12 @@ PRETRAINED: tuple[PretrainedTag, ...] = (
         sha256="7e4c3e5ea8444e626ea545e00eb248e8defd081a3a3c320aa7542e385ec8d3f0",
         local_path="assets/zoo/transmorph_micro.synth_brain",
     ),
+    PretrainedTag(
+        arch="vitvnet_micro", tag="synth_brain", hf_hub_id="transreg/vitvnet-micro-synth-brain",
+        version="v1.0.0", revision=None,
+        sha256="1e27375144b11424c44d30b341c7ee82a50163431844136e2927b3455d7a20b9",
+        local_path="assets/zoo/vitvnet_micro.synth_brain",
+    ),
 )
 
 #: the default checkpoint (``arch.tag`` of an entry above, shipped in the package) or None
