@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from transreg.losses import ncc
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "ncc_benchmark.md"
 
 
 def dense_conv_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--note", default="", help="free text added to the report (e.g. machine load)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write")
+    parser.add_argument("--output", type=Path, default=None, help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
@@ -142,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python evaluate/bench_ncc.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = render(rows, args, device, command.strip())
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text(report)
-    tmp.replace(args.output)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_suffix(".tmp")
+        tmp.write_text(report)
+        tmp.replace(args.output)
     return 0
 
 

@@ -7,11 +7,11 @@ every row reports the achieved GFLOP/s and its fraction of that limit.
 
     python evaluate/bench_speed.py                       # all architectures at 96×112×96
     python evaluate/bench_speed.py --sizes 96,112,96 160,192,224 --models transmorph voxelmorph2
-    python evaluate/bench_speed.py --out evaluate/results/speed.md
+    python evaluate/bench_speed.py [--out FILE.md]
     python evaluate/bench_speed.py --modes train train-ckpt --precisions fp32 bf16   # memory-lean training
     python evaluate/bench_speed.py --compile                                         # torch.compile the model
 
-Modes: ``inference`` (``transreg.inference.predict``: inference mode, bf16 autocast for
+Modes: ``inference`` (``transreg.registration.inference.predict``: inference mode, bf16 autocast for
 ``bf16``), ``train`` (one optimiser step), ``train-ckpt`` (the same with gradient
 checkpointing in the encoder and decoder).
 
@@ -91,9 +91,9 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
     import torch
 
     import transreg
-    from transreg.inference import autocast as precision_autocast
-    from transreg.inference import count_flops
-    from transreg.inference import predict
+    from transreg.registration.inference import autocast as precision_autocast
+    from transreg.registration.inference import count_flops
+    from transreg.registration.inference import predict
     from transreg.losses import NCC, Diffusion
 
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def measure_one(arch: str, size: tuple[int, ...], mode: str, precision: str, dev
         if mode == "train-ckpt":
             getattr(model, "_orig_mod", model).set_grad_checkpointing(True)
             if device == "cpu":  # as the trainer does in memory-lean training on CPU
-                from transreg.inference import return_freed_memory
+                from transreg.cpu_tuning import return_freed_memory
 
                 return_freed_memory()
         similarity, regulariser = NCC(window=9), Diffusion()
@@ -163,10 +163,10 @@ def main() -> None:
                         help="torch.backends.cudnn.benchmark: cuDNN picks its fastest kernels per shape (GPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--retain-memory", action="store_true",
-                        help="transreg.inference.retain_freed_memory(): no page faults, higher resident peak")
+                        help="transreg.cpu_tuning.retain_freed_memory(): no page faults, higher resident peak")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "speed.md")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
     parser.add_argument("--child", nargs=4, metavar=("ARCH", "SIZE", "MODE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -176,7 +176,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.retain_memory:
-        from transreg.inference import retain_freed_memory
+        from transreg.cpu_tuning import retain_freed_memory
 
         retain_freed_memory()
     if args.child:
@@ -237,16 +237,17 @@ def main() -> None:
         "- time: median of the repeats after warm-up (and after one untimed warm-up process), batch 1;"
         " train = forward + NCC(9) + diffusion + backward + Adam step"
         " (train-ckpt: with gradient checkpointing in encoder and decoder, on CPU with"
-        " transreg.inference.return_freed_memory as the trainer)" + ("; torch.compile" if args.compile else "")
+        " transreg.cpu_tuning.return_freed_memory as the trainer)" + ("; torch.compile" if args.compile else "")
         + ("; cudnn.benchmark" if args.cudnn_benchmark else "")
-        + ("; freed memory retained (transreg.inference.retain_freed_memory)" if args.retain_memory else "") + ";"
+        + ("; freed memory retained (transreg.cpu_tuning.retain_freed_memory)" if args.retain_memory else "") + ";"
         " peak memory: peak resident set of the measuring process (includes importing torch) on CPU,"
         " peak allocated on CUDA (timed with CUDA events); of it the steps: the peak minus the same measure"
         " before the first step (imports, model, inputs; CPU: the resident high-water mark); GFLOP counted by torch.utils.flop_counter (untrained weights).", "",
         header, *lines, "",
     ])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
     print(text)
 
 

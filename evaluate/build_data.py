@@ -198,7 +198,7 @@ def reference_grid(labels: np.ndarray, affine: np.ndarray, spacing: float, size:
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    from transreg.io import save_image
+    from transreg.registration.io import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(path, data, affine)
@@ -222,8 +222,8 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
     space of the reference subject :data:`REFERENCE` → ``aligned/<subject>/``."""
     from transreg import register
     from transreg.evaluation.methods import affine_world_matrix
-    from transreg.io import Image, load_image
-    from transreg.preprocess import Grid, coordinates, resample_image, sample, voxel_map
+    from transreg.registration.io import Image, load_image
+    from transreg.registration.preprocess import Grid, coordinates, resample_image, sample, voxel_map
 
     ref_img = load_image(out / "native" / REFERENCE / "image.nii.gz")
     ref_lab = load_image(out / "native" / REFERENCE / "labels.nii.gz", labels=True)

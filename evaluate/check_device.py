@@ -18,7 +18,7 @@ import sys
 import torch
 
 import transreg
-from transreg.inference import predict
+from transreg.registration.inference import predict
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:

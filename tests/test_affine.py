@@ -7,8 +7,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from transreg.affine import affine_align, center_of_mass, initial_transform
-from transreg.preprocess import Grid
+from transreg.registration.affine import affine_align, center_of_mass, initial_transform
+from transreg.registration.preprocess import Grid
 
 
 class Phantom:

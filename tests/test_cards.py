@@ -5,8 +5,9 @@ import pytest
 from huggingface_hub import ModelCard as HfModelCard
 
 import transreg
-from transreg import registry
-from transreg.cards import (
+from transreg.zoo import registry
+from transreg.zoo.factory import ensure_registered
+from transreg.zoo.cards import (
     CardError,
     EvalResult,
     ModelCard,
@@ -16,7 +17,7 @@ from transreg.cards import (
     parse_card,
     render_card,
 )
-from transreg.registry import PretrainedTag
+from transreg.zoo.registry import PretrainedTag
 
 ZOO_CARDS = Path(__file__).resolve().parents[1] / "zoo_cards"
 SHA1, SHA256 = "c" * 40, "d" * 64
@@ -125,16 +126,16 @@ def test_card_text_for_checks_the_architecture():
 
 def test_every_pretrained_tag_has_a_card_and_every_card_a_tag():
     names = transreg.list_models(pretrained=True)
-    tags = [registry.get_pretrained_tag(n) for n in names]
+    tags = [registry.pretrained_entry(n) for n in names]
     assert check_zoo_cards(tags, ZOO_CARDS) == []
 
 
 def test_zoo_card_check_finds_each_kind_of_problem(tmp_path, monkeypatch):
     tag = PretrainedTag(arch="transmorph_small", tag="synth_brain", hf_hub_id="someorg/transmorph-small-brain",
                         version="v1.0.0", revision=SHA1, sha256=SHA256)
-    registry._ensure_models_imported()
-    monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
-    tags = [registry.get_pretrained_tag(tag.name)]  # the check of this one tag (the shipped zoo has its own test)
+    ensure_registered()
+    monkeypatch.setitem(registry._PRETRAINED, tag.name, {tag.version: tag})
+    tags = [registry.pretrained_entry(tag.name)]  # the check of this one tag (the shipped zoo has its own test)
     assert check_zoo_cards(tags, tmp_path) == [f"pretrained tag {tag.name} has no card {tmp_path / (tag.name + '.md')}"]
 
     (tmp_path / f"{tag.name}.md").write_text(render_card(full_card()))
@@ -153,3 +154,16 @@ def test_pretrained_tags_are_validated():
     for field, bad in (("version", "1.0"), ("revision", "main"), ("sha256", "abc"), ("hf_hub_id", "noslash")):
         with pytest.raises(ValueError, match=f"{field} '{bad}' is not"):
             PretrainedTag(**{**good, field: bad})
+
+
+def test_zoo_cards_are_the_shipped_checkpoints_cards():
+    """zoo_cards/ shows the card of each entry's newest shipped version; the checkpoint
+    folder's README.md (what a push publishes) is the source, byte for byte."""
+    package = Path(transreg.__file__).parent
+    shipped = [registry.pretrained_entry(n) for n in transreg.list_models(pretrained=True)]
+    shipped = [e for e in shipped if e.local_path]
+    assert shipped
+    for entry in shipped:
+        packaged = (package / entry.local_path / "README.md").read_bytes()
+        assert (ZOO_CARDS / f"{entry.name}.md").read_bytes() == packaged, (
+            f"zoo_cards/{entry.name}.md differs from {entry.local_path}/README.md: copy the packaged card")

@@ -1,15 +1,19 @@
 """Converting checkpoints of the original TransMorph / ViT-V-Net / VoxelMorph code.
 
-Equality with the original networks is checked on the fixtures in
-``../shared/fixtures/official`` (or ``$TRANSREG_FIXTURES/official``): six networks built by
-the original code, their checkpoints and their outputs on a fixed 64³ pair. The remaining
+Equality with the original networks is checked on fixtures made by the original code:
+four networks kept small in the repository (``tests/fixtures/official``: weights, the
+input pair, the original outputs at every second voxel; made by
+``tests/fixtures/make_official_small.py``), and all six in full where
+``../shared/fixtures/official`` (or ``$TRANSREG_FIXTURES/official``) exists. The remaining
 tests build checkpoints in the original VoxelMorph layout by hand and compare with a
 functional re-statement of the original forward pass.
 """
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,9 +21,10 @@ from safetensors.torch import load_file
 
 import transreg
 from transreg.cli import main as cli_main
-from transreg.convert import ConversionError, convert, from_original
+from transreg.zoo.convert import ConversionError, convert, from_original
 
 REPO = Path(__file__).resolve().parents[1]
+SMALL = Path(__file__).resolve().parent / "fixtures" / "official"
 FIXTURES = Path(os.environ.get("TRANSREG_FIXTURES", REPO.parent / "shared" / "fixtures")) / "official"
 FIXTURE_KINDS = {
     "transmorph_tiny": "transmorph",
@@ -29,14 +34,52 @@ FIXTURE_KINDS = {
     "voxelmorph1": "voxelmorph1",
     "voxelmorph2": "voxelmorph2",
 }
+IN_REPO = sorted(p.name for p in SMALL.iterdir() if p.is_dir())
 
 
-def fixture(name: str) -> Path:
+@dataclass
+class Original:
+    """One original network: its checkpoint in the original layout, its config, the input
+    pair and its outputs (``flow`` in voxels, ``warped``) at every ``step``-th voxel."""
+
+    checkpoint: Path
+    official: Path
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    flow: torch.Tensor
+    warped: torch.Tensor
+    step: int
+
+
+def _from_repo(name: str, tmp: Path) -> Original:
+    folder = SMALL / name
+    expected = np.load(folder / "expected.npz")
+    state = load_file(str(folder / "weights.safetensors"))
+    inputs = np.load(SMALL / "inputs.npz")
+    size = inputs["moving"].shape[2:]
+    identity = torch.stack(torch.meshgrid(*[torch.arange(float(s)) for s in size], indexing="ij"))[None]
+    for key in expected["grid_keys"]:  # the original modules' identity-grid buffer, rebuilt exactly
+        state[str(key)] = identity.clone()
+    checkpoint = tmp / f"{name}.pth.tar"
+    torch.save({"epoch": 0, "state_dict": state, "best_dsc": 0.0}, checkpoint)
+    return Original(checkpoint, folder / "official.json", torch.from_numpy(inputs["moving"]),
+                    torch.from_numpy(inputs["fixed"]), torch.from_numpy(expected["flow"]),
+                    torch.from_numpy(expected["warped"]), 2)
+
+
+def _from_shared(name: str) -> Original:
     folder = FIXTURES / name
     if not folder.is_dir():
-        pytest.skip(f"fixtures of the original implementations not found at {FIXTURES} "
-                    "(set TRANSREG_FIXTURES to the folder holding official/)")
-    return folder
+        pytest.skip(f"the full fixtures of the original implementations are not at {FIXTURES} (set "
+                    f"TRANSREG_FIXTURES to the folder holding official/); in the repository: {', '.join(IN_REPO)}")
+    ref = load_file(str(folder / "reference.safetensors"))
+    return Original(folder / "checkpoint.pth.tar", folder / "official.json", ref["moving"], ref["fixed"],
+                    reference_flow(ref), ref["warped"], 1)
+
+
+def original(name: str, tmp: Path, full: bool = False) -> Original:
+    """The repository's small copy where there is one (unless ``full``), else ../shared's."""
+    return _from_repo(name, tmp) if name in IN_REPO and not full else _from_shared(name)
 
 
 def reference_flow(ref: dict) -> torch.Tensor:
@@ -55,35 +98,42 @@ def reference_flow(ref: dict) -> torch.Tensor:
     return ref["disp"] * half
 
 
-@pytest.mark.parametrize("name", list(FIXTURE_KINDS))
-def test_converted_model_reproduces_the_original(name):
-    folder = fixture(name)
-    model = from_original(FIXTURE_KINDS[name], folder / "checkpoint.pth.tar", folder / "official.json")
+def _check_equal(name: str, fx: Original) -> None:
+    model = from_original(FIXTURE_KINDS[name], fx.checkpoint, fx.official)
     assert not model.training and model.architecture == FIXTURE_KINDS[name]
-    official = json.loads((folder / "official.json").read_text())
+    official = json.loads(fx.official.read_text())
     assert sum(p.numel() for p in model.parameters()) == official["params"]
-    ref = load_file(str(folder / "reference.safetensors"))
     with torch.no_grad():
-        out = model(ref["moving"], ref["fixed"])
-    expected = reference_flow(ref)
-    assert expected.abs().max() > 1.0  # the fixture's displacements are a few voxels, not ~0
-    assert (out.flow - expected).abs().max() <= 1e-4
-    assert (out.warped - ref["warped"]).abs().max() <= 1e-4
+        out = model(fx.moving, fx.fixed)
+    s = fx.step
+    assert fx.flow.abs().max() > 1.0  # the fixture's displacements are a few voxels, not ~0
+    assert (out.flow[..., ::s, ::s, ::s] - fx.flow).abs().max() <= 1e-4
+    assert (out.warped[..., ::s, ::s, ::s] - fx.warped).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", IN_REPO)
+def test_converted_model_reproduces_the_original(name, tmp_path):
+    """Runs on every clean clone: the small fixtures in tests/fixtures/official."""
+    _check_equal(name, original(name, tmp_path))
+
+
+@pytest.mark.parametrize("name", list(FIXTURE_KINDS))
+def test_converted_model_reproduces_the_original_full_fixtures(name, tmp_path):
+    """Every network, every voxel, where the full fixtures of ../shared exist."""
+    _check_equal(name, original(name, tmp_path, full=True))
 
 
 def test_cli_converts_to_a_folder_that_create_model_loads(tmp_path, capsys):
-    folder = fixture("vitvnet_small")
-    out = tmp_path / "vitvnet_converted"
-    args = ["convert", "--from", "vitvnet", str(folder / "checkpoint.pth.tar"),
-            "--config", str(folder / "official.json"), "-o", str(out)]
+    fx = original("voxelmorph2", tmp_path)
+    out = tmp_path / "voxelmorph2_converted"
+    args = ["convert", "--from", "voxelmorph2", str(fx.checkpoint), "--config", str(fx.official), "-o", str(out)]
     assert cli_main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    assert "converted with `transreg convert --from vitvnet`" in (out / "README.md").read_text()
+    assert "converted with `transreg convert --from voxelmorph2`" in (out / "README.md").read_text()
     model = transreg.create_model(f"local-dir:{out}", pretrained=True)
-    ref = load_file(str(folder / "reference.safetensors"))
     with torch.no_grad():
-        result = model(ref["moving"], ref["fixed"])
-    assert (result.flow - ref["flow"]).abs().max() <= 1e-4
+        result = model(fx.moving, fx.fixed)
+    assert (result.flow[..., ::2, ::2, ::2] - fx.flow).abs().max() <= 1e-4
     # a second run does not silently replace the folder
     capsys.readouterr()
     assert cli_main(args) == 2
@@ -91,18 +141,18 @@ def test_cli_converts_to_a_folder_that_create_model_loads(tmp_path, capsys):
     assert cli_main(args + ["--overwrite"]) == 0
 
 
-def test_config_that_does_not_match_the_weights_names_the_shapes():
-    e12, tiny = fixture("transmorph_e12"), fixture("transmorph_tiny")
+def test_config_that_does_not_match_the_weights_names_the_shapes(tmp_path):
+    tiny = original("transmorph_tiny", tmp_path)
     with pytest.raises(ConversionError, match=r"shape mismatches \(the config does not match the weights\): "
-                       r"encoder\.patch_embed\.proj\.weight: checkpoint \(12, 2, 4, 4, 4\) vs model \(6, 2, 4, 4, 4\)"):
-        from_original("transmorph", e12 / "checkpoint.pth.tar", tiny / "official.json")
+                       r"input_skips\.half_res\.0\.weight: checkpoint \(3, 2, 3, 3, 3\) vs model \(6, 2, 3, 3, 3\)"):
+        from_original("transmorph", tiny.checkpoint, SMALL / "transmorph_e12.official.json")
 
 
-def test_checkpoint_of_another_original_network_is_named():
-    folder = fixture("transmorph_diff_e12")
-    config = json.loads((folder / "official.json").read_text())["config"]
+def test_checkpoint_of_another_original_network_is_named(tmp_path):
+    fx = original("transmorph_diff_e12", tmp_path)
+    config = json.loads(fx.official.read_text())["config"]
     with pytest.raises(ConversionError, match="holds an original transmorph_diff network .* use --from transmorph_diff"):
-        from_original("transmorph", folder / "checkpoint.pth.tar", config)
+        from_original("transmorph", fx.checkpoint, config)
 
 
 # ------------------------------------------------------------------ hand-made VoxelMorph checkpoints
@@ -252,15 +302,15 @@ def test_failed_conversion_writes_nothing(tmp_path, capsys):
 
 
 def test_learned_absolute_position_embedding_keeps_its_stored_grid(tmp_path):
-    folder = fixture("transmorph_tiny")
-    config = json.loads((folder / "official.json").read_text())["config"]
-    state = torch.load(folder / "checkpoint.pth.tar", weights_only=True)["state_dict"]
+    fx = original("transmorph_tiny", tmp_path)
+    config = json.loads(fx.official.read_text())["config"]
+    state = torch.load(fx.checkpoint, weights_only=True)["state_dict"]
     # the original's TransMorph-Lrn table: (1, C, 224/4, 224/4, 224/4) whatever the training size
     table = torch.randn(1, config["embed_dim"], 56, 56, 56, generator=torch.Generator().manual_seed(0)) * 0.02
     state["transformer.absolute_pos_embed"] = table
     torch.save({"state_dict": state}, tmp_path / "lrn.pth.tar")
     model = from_original("transmorph", tmp_path / "lrn.pth.tar", {**config, "ape": True})
-    assert model.model_args["pos_embed"] == "learned" and tuple(model.model_args["img_size"]) == (224, 224, 224)
+    assert model.init_args["pos_embed"] == "learned" and tuple(model.init_args["img_size"]) == (224, 224, 224)
     torch.testing.assert_close(model.encoder.absolute_pos_embed, table)
     x = torch.rand(1, 1, 64, 64, 64)
     with torch.no_grad():

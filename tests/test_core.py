@@ -1,14 +1,13 @@
 """Registry, model families and the Swin encoder: original configs, any size, gradients."""
-import math
 
 import pytest
 import torch
 
 import transreg
 from transreg.cli import main as cli_main
-from transreg.encoders.swin import SwinEncoder
-from transreg.layers import relative_position_index, shifted_window_mask, window_partition, window_reverse
-from transreg.registry import UnknownModelError
+from transreg.models.encoders.swin import SwinEncoder
+from transreg.models.layers import relative_position_index, shifted_window_mask, window_partition, window_reverse
+from transreg.zoo.registry import UnknownModelError
 
 ORIGINAL_PARAMS = {
     ("transmorph", ()): 46_771_251,
@@ -183,7 +182,11 @@ def test_list_models_patterns():
 def test_overrides_and_recorded_arguments():
     model = transreg.create_model("transmorph_small", ndim=2, embed_dim=24)
     assert model.ndim == 2 and model.encoder.feature_info[0]["num_chs"] == 24
-    assert model.architecture == "transmorph_small" and model.model_args == {"ndim": 2, "embed_dim": 24}
+    assert model.architecture == "transmorph_small"
+    # every constructor argument is recorded, the entrypoint's and the class's defaults included
+    assert model.init_args["ndim"] == 2 and model.init_args["embed_dim"] == 24
+    assert tuple(model.init_args["num_heads"]) == (4, 4, 4, 4) and model.init_args["window_size"] is None
+    assert model.init_args["drop_path_rate"] == 0.3
 
 
 def test_wrong_input_dimensions_give_clear_error():

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from transreg.config import ConfigError, DataConfig, TrainConfig, load_config, parse_set
+from transreg.training.config import ConfigError, DataConfig, TrainConfig, load_config, parse_set
 from transreg.data import (
     DataError,
     LabelMapPairs,

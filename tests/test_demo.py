@@ -11,10 +11,13 @@ import pytest
 import torch
 
 import transreg
-from transreg import registry, zoo
-from transreg.checkpoint import CheckpointError, save_pretrained, sha256_file
+from transreg.zoo import index as zoo
+from transreg.zoo import registry
+from transreg.zoo.checkpoint import CheckpointError, save_pretrained, sha256_file
 from transreg.cli import main as cli_main
-from transreg.register import DEFAULT_MODEL, OUTPUT_FILES, default_model, register, sample_pair
+from transreg.registration.defaults import DEFAULT_MODEL, default_model, sample_pair
+from transreg.registration.pipeline import register
+from transreg.registration.result import OUTPUT_FILES
 
 SHIFT = 1.5  # voxels along the first model-grid axis: what the test checkpoint predicts everywhere
 
@@ -46,7 +49,7 @@ def default_checkpoint(tmp_path, monkeypatch):
     tag = registry.PretrainedTag(arch="voxelmorph1", tag="zoo_test", hf_hub_id="transreg-test/not-pushed",
                                  version="v0.0.1", revision=None, sha256=sha256_file(folder / "model.safetensors"),
                                  local_path=str(folder))
-    monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
+    monkeypatch.setitem(registry._PRETRAINED, tag.name, {tag.version: tag})
     monkeypatch.setattr(zoo, "DEFAULT_CHECKPOINT", tag.name)
     return tag, folder
 
@@ -109,7 +112,7 @@ def test_shipped_checkpoint_beats_the_affine_stage_offline(name, tmp_path, monke
     (test subjects, never trained on) better than the affine stage alone."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    tag = registry.get_pretrained_tag(name)
+    tag = registry.pretrained_entry(name)
     shipped = Path(transreg.__file__).parent / tag.local_path
     assert sha256_file(shipped / "model.safetensors") == tag.sha256
     pair = sample_pair()
@@ -132,6 +135,6 @@ def test_unpublished_tag_needs_its_shipped_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tag = registry.PretrainedTag(arch="voxelmorph1", tag="gone", hf_hub_id="a/b", version="v1.0.0", revision=None,
                                  sha256="0" * 64, local_path=str(tmp_path / "missing"))
-    monkeypatch.setitem(registry._PRETRAINED, tag.name, tag)
+    monkeypatch.setitem(registry._PRETRAINED, tag.name, {tag.version: tag})
     with pytest.raises(CheckpointError, match="not on the Hub yet"):
         transreg.create_model(tag.name, pretrained=True)

@@ -20,7 +20,7 @@ from transreg.evaluation import (DatasetError, compare, parse_label_spec, read_p
 from transreg.evaluation import methods as methods_module
 from transreg.evaluation.methods import Alignment
 from transreg.metrics import ASEG_EVAL_LABELS
-from transreg.preprocess import Grid, coordinates, voxel_map
+from transreg.registration.preprocess import Grid, coordinates, voxel_map
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 28, 24)

@@ -16,20 +16,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import transreg
-from transreg import registry
-from transreg.cards import EvalResult, read_card
-from transreg.checkpoint import (
+from transreg.zoo import registry
+from transreg.zoo.factory import ensure_registered, load_checkpoint
+from transreg.zoo.cards import EvalResult, read_card
+from transreg.zoo.checkpoint import (
     ArchitectureMismatchError,
     CheckpointError,
     ChecksumError,
     PickleCheckpointError,
     StateDictMismatchError,
-    load_pretrained,
     sha256_file,
 )
 from transreg.cli import main as cli_main
-from transreg.hub import HubError, NotCachedError, VersionError, push_to_hub
-from transreg.registry import PretrainedTag
+from transreg.zoo.hub import HubError, NotCachedError, VersionError
+from transreg.zoo.publish import push_to_hub
+from transreg.zoo.registry import PretrainedTag
 
 from hub_server import HubServer
 
@@ -85,8 +86,8 @@ def hub(tmp_path, monkeypatch):
 def register_test_tag(monkeypatch, result, tag="test", **kw) -> PretrainedTag:
     entry = PretrainedTag(arch=result.architecture, tag=tag, hf_hub_id=result.repo_id, version=result.version,
                           revision=result.commit, sha256=kw.pop("sha256", result.sha256), **kw)
-    registry._ensure_models_imported()
-    monkeypatch.setitem(registry._PRETRAINED, entry.name, entry)
+    ensure_registered()
+    monkeypatch.setitem(registry._PRETRAINED, entry.name, {entry.version: entry})
     return entry
 
 
@@ -136,12 +137,12 @@ def test_save_pretrained_refuses_bad_input(tmp_path):
 def test_architecture_mismatch_is_one_clear_error(checkpoint):
     _, folder = checkpoint
     with pytest.raises(ArchitectureMismatchError, match="holds a 'transmorph_tiny' checkpoint, not 'transmorph'"):
-        load_pretrained(folder, expected_architecture="transmorph")
+        load_checkpoint(folder, expected_architecture="transmorph")
     config = json.loads((folder / "config.json").read_text())
     config["architecture"] = "transmorph_small"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ArchitectureMismatchError, match="says 'transmorph_small'.*saved from 'transmorph_tiny'"):
-        load_pretrained(folder)
+        load_checkpoint(folder)
 
 
 def _rewrite_weights(folder: Path, edit) -> None:
@@ -158,7 +159,7 @@ def test_missing_and_unexpected_keys_are_named(checkpoint):
     key = "encoder.patch_embed.proj.bias"
     _rewrite_weights(folder, lambda s: (s.pop(key), s.__setitem__("extra.bias", torch.zeros(3))))
     with pytest.raises(StateDictMismatchError) as err:
-        load_pretrained(folder)
+        load_checkpoint(folder)
     assert f"missing keys: {key}" in str(err.value) and "unexpected keys: extra.bias" in str(err.value)
 
 
@@ -168,10 +169,15 @@ def test_shape_mismatch_from_overrides_is_named(checkpoint):
         transreg.create_model(f"local-dir:{folder}", pretrained=True, embed_dim=12)
 
 
-def test_wrong_sha256_is_detected(checkpoint):
+def test_a_flipped_byte_in_the_weights_is_detected(checkpoint):
+    """Format 2 records the weights' sha256 in config.json and checks it on every load."""
     _, folder = checkpoint
-    with pytest.raises(ChecksumError, match="expected 0{64} \\(pinned in the test\\)"):
-        load_pretrained(folder, expected_sha256="0" * 64, sha256_origin="pinned in the test")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # a tensor value, not the header: safetensors itself would not notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"recorded in .*config.json"):
+        load_checkpoint(folder)
 
 
 def test_pickle_where_safetensors_is_expected_is_refused_without_unpickling(checkpoint, monkeypatch):
@@ -188,10 +194,10 @@ def test_pickle_where_safetensors_is_expected_is_refused_without_unpickling(chec
         transreg.create_model(f"local-dir:{folder}", pretrained=True)
     (folder / "model.safetensors").write_bytes(pickle.dumps({"w": [1.0]}, protocol=4))
     with pytest.raises(PickleCheckpointError, match="is a pickle, not safetensors"):
-        load_pretrained(folder)
+        load_checkpoint(folder)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(PickleCheckpointError, match=r"holds pickle weights \(pytorch_model.bin\)"):
-        load_pretrained(folder)
+        load_checkpoint(folder)
 
 
 def test_newer_format_and_broken_config_are_refused(checkpoint):
@@ -199,11 +205,11 @@ def test_newer_format_and_broken_config_are_refused(checkpoint):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(CheckpointError, match="format_version 99.*upgrade transreg"):
-        load_pretrained(folder)
+        load_checkpoint(folder)
     del config["model_args"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"lacks \['model_args'\]"):
-        load_pretrained(folder)
+        load_checkpoint(folder)
 
 
 def test_cli_prints_a_loading_error_as_one_line(checkpoint, capsys):

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 import transreg
-from transreg.decoders import FlowHead, UpBlock, VxmDecoder
-from transreg.inference import count_flops, predict
-from transreg.layers import (
+from transreg.models.decoders import FlowHead, UpBlock, VxmDecoder
+from transreg.registration.inference import count_flops, predict
+from transreg.models.layers import (
     BatchNormAct, InstanceNormAct, WindowAttention, channels_last, conv_concat, linear_mode, shifted_window_mask, slabs,
 )
 from transreg.spatial import warp
@@ -152,7 +152,7 @@ def _saved_bytes_and_grads(model, moving, fixed, precision="fp32"):
 
     model.zero_grad()
     moving = moving.clone().requires_grad_(True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), transreg.inference.autocast("cpu", precision):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), transreg.registration.inference.autocast("cpu", precision):
         out = model(moving, fixed)
         loss = out.flow.float().square().mean() + F.mse_loss(out.warped.float(), fixed)
     loss.backward()
@@ -333,7 +333,7 @@ def test_count_flops_includes_the_direct_onednn_convolutions():
 
 FREED_BLOCKS_SCRIPT = """
 import os, sys, torch
-from transreg.inference import return_freed_memory
+from transreg.cpu_tuning import return_freed_memory
 def resident():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -357,7 +357,7 @@ def test_decoder_behind_a_frozen_encoder_is_still_checkpointed(monkeypatch):
     """Fine-tuning with a frozen encoder: the decoder's input needs no gradient, its weights
     do; with checkpointing on, its up-blocks are recomputed (not silently kept) and give
     the same weight gradients. Neither encoder nor decoder recomputes under no_grad."""
-    import transreg.layers.checkpointing as checkpointing
+    import transreg.models.layers.checkpointing as checkpointing
 
     owners = []
 

@@ -9,9 +9,10 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from transreg.io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
-from transreg.preprocess import Grid, Preprocessing, normalize_intensity, resample_image
-from transreg.register import RegistrationResult, Transform
+from transreg.registration.io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
+from transreg.registration.preprocess import Grid, Preprocessing, normalize_intensity, resample_image
+from transreg.registration.result import RegistrationResult
+from transreg.registration.transform import Transform
 
 
 def oblique_affine(rotvec, spacing, origin) -> np.ndarray:

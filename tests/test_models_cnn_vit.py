@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import transreg
-from transreg.decoders import VxmDecoder
-from transreg.encoders import UNetEncoder, ViTEncoder
-from transreg.encoders.vit import ViTBlock
+from transreg.models.decoders import VxmDecoder
+from transreg.models.encoders import UNetEncoder, ViTEncoder
+from transreg.models.encoders.vit import ViTBlock
 from transreg.models.base import InputError
 
 # ViT-V-Net with the original layout but narrow, so a forward pass takes well under a second.
@@ -136,7 +136,7 @@ def test_conv_act_units_are_he_initialised_so_a_deep_stack_keeps_its_scale(slope
     """VoxelMorph's and ViT-V-Net's unnormalised units: weights N(0, 2 / ((1 + slope²) fan_in)),
     zero bias; through 8 units the activations keep their scale (PyTorch's default
     initialisation shrinks them by about 2× per unit, i.e. ~200× here)."""
-    from transreg.layers import ConvAct
+    from transreg.models.layers import ConvAct
 
     torch.manual_seed(0)
     units = torch.nn.Sequential(*(ConvAct(3, 2 if i == 0 else 32, 32, slope=slope) for i in range(8)))

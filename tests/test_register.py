@@ -12,9 +12,10 @@ from scipy import ndimage
 
 import transreg
 from transreg.cli import main
-from transreg.io import save_image
-from transreg import zoo
-from transreg.register import OUTPUT_FILES, default_model, sample_pair
+from transreg.registration.io import save_image
+from transreg.zoo import index as zoo
+from transreg.registration.defaults import default_model, sample_pair
+from transreg.registration.result import OUTPUT_FILES
 
 OBLIQUE = np.array([[0.76, -0.27, -0.24, -12.0], [0.17, 0.92, -0.47, 20.0], [0.18, 0.27, 1.40, 5.0], [0, 0, 0, 1]])
 
@@ -110,7 +111,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("transreg.overlay.save_overlay", broken)
+    monkeypatch.setattr("transreg.registration.overlay.save_overlay", broken)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="No space left"):
         result.save(out)
@@ -181,7 +182,7 @@ def test_affine_only_and_no_affine_exclude(tmp_path, capsys):
 def test_bf16_inference_matches_fp32_on_the_sample(tmp_path):
     """The network stage in bf16 gives (nearly) the fp32 registration: Dice within 0.005."""
     import transreg
-    from transreg.register import sample_pair
+    from transreg.registration.defaults import sample_pair
 
     pair = sample_pair()
     torch.manual_seed(0)

@@ -18,11 +18,14 @@ import torch
 from safetensors.torch import load_file
 
 import transreg
-from transreg import training
+from transreg.training import trainer as training
 from transreg.cli import main as cli_main
-from transreg.config import ConfigError, TrainConfig, load_config
+from transreg.training.config import ConfigError, TrainConfig, load_config
 from transreg.data import ShapesPairs
-from transreg.training import AmpSettings, Trainer, TrainingError, amp_settings, latest_checkpoint, lr_factor
+from transreg.training import Trainer, TrainingError
+from transreg.training.precision import AmpSettings, amp_settings
+from transreg.training.schedules import lr_factor
+from transreg.training.state import latest_checkpoint
 
 TINY = {"name": "transmorph_tiny", "args": {"embed_dim": 6, "depths": [1, 1, 1, 1]}}
 TINY_FLAGS = ["--model", "transmorph_tiny", "--set", "model.args={embed_dim: 6, depths: [1, 1, 1, 1]}"]
@@ -263,7 +266,7 @@ def test_lr_schedules(schedule):
 
 
 def test_grad_checkpointing_gives_the_same_losses(tmp_path, monkeypatch):
-    import transreg.layers.checkpointing as checkpointing
+    import transreg.models.layers.checkpointing as checkpointing
 
     calls = []
 
@@ -291,7 +294,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import sys, torch, torch.distributed as dist
     from safetensors.torch import save_file
-    from transreg.config import TrainConfig
+    from transreg.training.config import TrainConfig
     from transreg.training import Trainer
     torch.set_num_threads(1)
     out = sys.argv[1]

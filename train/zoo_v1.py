@@ -125,7 +125,7 @@ def prepare(data: Path) -> Path:
 
 def _step_of(run: Path) -> int:
     """The step the run has reached (final: run.steps; else its latest checkpoint; else 0)."""
-    from transreg.training import latest_checkpoint
+    from transreg.training.state import latest_checkpoint
 
     ckpt = latest_checkpoint(run)
     return int(ckpt.name[5:]) if ckpt is not None else 0
@@ -287,8 +287,8 @@ def _metrics(row: dict) -> dict[str, float]:
 
 
 def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, dict]], training: dict):
-    from transreg.cards import EvalResult, card_from_config
-    from transreg.checkpoint import count_parameters, read_config
+    from transreg.zoo.cards import EvalResult, card_from_config
+    from transreg.zoo.checkpoint import count_parameters, read_config
 
     name = checkpoint_name(arch)
     folder = args.runs / "checkpoints" / name
@@ -345,8 +345,8 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
 
 
 def package(archs: list[str], args: argparse.Namespace) -> None:
-    from transreg.cards import render_card
-    from transreg.checkpoint import sha256_file
+    from transreg.zoo.cards import render_card
+    from transreg.zoo.checkpoint import sha256_file
 
     results = {key: read_summary(args.results / key / "summary.csv")
                for key in ("synthseg_test", "hcp_test") if (args.results / key / "summary.csv").is_file()}

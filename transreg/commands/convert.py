@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..convert import KINDS, convert
+from ..zoo.convert import KINDS, convert
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

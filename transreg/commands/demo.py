@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..register import DEFAULT_MODEL, SAMPLE_DIR, default_model, sample_pair
+from ..registration.defaults import DEFAULT_MODEL, SAMPLE_DIR, default_model, sample_pair
 from .register import register_and_write
 
 DEFAULT_OUT = Path("transreg-demo")

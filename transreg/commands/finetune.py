@@ -11,7 +11,6 @@ default learning rate is 1e-5 (a tenth of the usual 1e-4).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .train import add_common_arguments, fit, flag_overrides, resolve_config
 
@@ -31,18 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def pretrained_source(text: str) -> str:
-    """A checkpoint folder becomes ``local-dir:/abs/path``; names and sources stay."""
-    path = Path(text)
-    if path.is_dir():
-        return f"local-dir:{path.resolve()}"
-    if ("/" in text or "\\" in text) and not text.startswith(("hf-hub:", "local-dir:")):
-        raise FileNotFoundError(f"checkpoint folder {text!r} does not exist")
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..registry import create_model
+    from ..zoo.factory import create_model, resolve_source
 
     overrides = flag_overrides(args)
     if args.freeze_encoder:
@@ -50,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.recipe:
         overrides.setdefault("optim.lr", DEFAULT_LR)
         overrides.setdefault("run.steps", DEFAULT_STEPS)
-    source = pretrained_source(args.source)
+    source = resolve_source(args.source).name  # a folder becomes local-dir:/abs/path
     model = create_model(source, pretrained=True)
     overrides["model.pretrained"] = source
     overrides["model.name"] = model.architecture
-    overrides["model.args"] = dict(model.model_args)
+    overrides["model.args"] = dict(model.init_args)
     expected = dict(getattr(model, "preprocessing", None) or {})
     if expected.get("size") and "data.size" not in overrides:
         overrides["data.size"] = list(expected["size"])

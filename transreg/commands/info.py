@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..cards import METRICS, ModelCard, format_axes, read_card
-from ..checkpoint import CARD_NAME, count_parameters, read_config
-from ..hub import ResolvedCheckpoint, resolve
+from ..zoo.cards import METRICS, ModelCard, format_axes, read_card
+from ..zoo.checkpoint import CARD_NAME, count_parameters, read_config
+from ..zoo.factory import resolve_source
+from ..zoo.hub import ResolvedCheckpoint, resolve
 
 _SOURCES = "a pretrained tag (arch.tag), hf-hub:ORG/NAME[@REVISION] or local-dir:/path"
 
@@ -66,5 +67,5 @@ def summary(resolved: ResolvedCheckpoint) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    print("\n".join(summary(resolve(args.name))))
+    print("\n".join(summary(resolve(resolve_source(args.name)))))
     return 0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import create_model, get_pretrained_tag, list_models
+from ..zoo.factory import create_model, list_models
+from ..zoo.registry import pretrained_versions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrained:
         print(f"{'name':<{width}}  {'version':<8}  source")
         for name in names:
-            tag = get_pretrained_tag(name)
-            where = "bundled, " if tag.local_path else ""
-            hub = f"({tag.revision[:12]})" if tag.revision else "(not pushed to the Hub yet)"
-            print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} {hub}")
+            for tag in pretrained_versions(name):
+                where = "bundled, " if tag.local_path else ""
+                hub = f"({tag.revision[:12]})" if tag.revision else "(not pushed to the Hub yet)"
+                print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} {hub}")
         return 0
     print(f"{'name':<{width}}  {'params (' + str(args.ndim) + '-D)':>16}")
     for name in names:

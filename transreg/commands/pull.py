@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import pull
+from ..zoo.factory import resolve_source
+from ..zoo.hub import pull
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    resolved = pull(args.name, out_dir=args.out, force_download=args.force)
+    resolved = pull(resolve_source(args.name), out_dir=args.out, force_download=args.force)
     print(f"{args.name}: {resolved.folder}")
     if resolved.commit:
         print(f"commit {resolved.commit}")

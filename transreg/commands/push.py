@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import push_to_hub
+from ..zoo.publish import push_to_hub
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cli import CommandError
-from ..inference import PRECISIONS
-from ..register import (DEFAULT_MODEL, OUTPUT_FILES, RegistrationResult, check_output_dir, default_model, register,
-                        sample_pair)
+from ..registration.inference import PRECISIONS
+from ..registration.defaults import DEFAULT_MODEL, default_model, sample_pair
+from ..registration.outputs import check_output_dir
+from ..registration.pipeline import register
+from ..registration.result import OUTPUT_FILES, RegistrationResult
 
 
 def default_model_note() -> str:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import PRECISIONS, TrainConfig, load_config, parse_set
+from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set
 
 #: flag → config key (flags left unset do not override the recipe)
 FLAG_KEYS = {
@@ -77,7 +77,7 @@ def fit(config: TrainConfig, resume: bool, **trainer_args: Any) -> int:
     """Run a :class:`~transreg.training.Trainer`; failures become one-line errors, a
     SIGTERM/Ctrl-C stop (checkpoint written) exit status 130."""
     from ..cli import CommandError
-    from ..training import Trainer, TrainingError
+    from ..training.trainer import Trainer, TrainingError
 
     try:
         Trainer(config, resume=resume, **trainer_args).fit()

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..io import ImageError, load_image
-from ..preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, voxel_map
+from ..registration.io import ImageError, load_image
+from ..registration.preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, voxel_map
 from .augment import augment_pair
 from .synthetic import DataError, item_generator
 

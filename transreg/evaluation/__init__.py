@@ -43,7 +43,7 @@ def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselin
     ``aseg30``, ``all`` or a comma list. Raises before any work for a bad CSV, label
     spec, device or output folder.
     """
-    from ..outputs import check_output_dir
+    from ..registration.outputs import check_output_dir
 
     out = Path(out)
     pairs = read_pairs(data)

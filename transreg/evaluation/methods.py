@@ -20,16 +20,16 @@ import math
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import Image
-from ..preprocess import Grid, coordinates, sample, voxel_map
-from ..register import Transform, register
+from ..registration.io import Image
+from ..registration.preprocess import Grid, coordinates, sample, voxel_map
+from ..registration.pipeline import network_for, register
+from ..registration.transform import Transform
 
 __all__ = ["Alignment", "PairImages", "Method", "IdentityMethod", "AffineMethod", "NetworkMethod", "AntsSyNMethod",
            "ants_available", "make_method", "BASELINES"]
@@ -129,9 +129,7 @@ class NetworkMethod(Method):
 
     def _network(self, ndim: int) -> nn.Module:
         if self.net is None:
-            from ..register import _build_model
-
-            self.net = _build_model(self.spec, ndim).to(self.device)
+            self.net = network_for(self.spec, ndim).to(self.device)
         return self.net
 
     @property
@@ -145,7 +143,7 @@ class NetworkMethod(Method):
         return Alignment(result.transform.coords, affine_world_matrix(pair.fixed.ndim, result.report), result.warped_labels.data)
 
     def measure_cost(self, shape: tuple[int, ...]) -> None:
-        from ..inference import count_flops
+        from ..registration.inference import count_flops
 
         net = self._network(len(shape))
         moving = torch.rand(1, 1, *shape, device=self.device)
@@ -224,12 +222,6 @@ def make_method(name: str, device: torch.device) -> Method:
 
 def _check_model_name(name: str) -> None:
     """Fail before any work for a name that is no architecture, checkpoint tag, source or folder."""
-    from ..registry import SOURCE_PREFIXES, get_pretrained_tag, model_entrypoint, split_model_name
+    from ..zoo.factory import resolve_source
 
-    if Path(name).is_dir() or name.startswith(SOURCE_PREFIXES):
-        return
-    arch, tag = split_model_name(name)
-    if tag is None:
-        model_entrypoint(arch)
-    else:
-        get_pretrained_tag(name)
+    resolve_source(name)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..outputs import write_atomically
+from ..registration.outputs import write_atomically
 from .plots import plot_dice_boxplot, plot_dice_vs_runtime
 from .runner import Evaluation
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import load_image
+from ..registration.io import load_image
 from ..metrics import dice, folding_percent, hd95, sdlogj, structure_mean, summarize
-from ..preprocess import Grid, coordinates, voxel_map
+from ..registration.preprocess import Grid, coordinates, voxel_map
 from .dataset import EvalPair, select_labels
 from .methods import Alignment, Method, PairImages
 

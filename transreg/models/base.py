@@ -1,7 +1,10 @@
 """What every registration network shares: the call convention and any-size support."""
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,26 @@ from torch import Tensor, nn
 
 from ..spatial import warp
 
-__all__ = ["RegistrationOutput", "RegistrationModel", "InputError"]
+__all__ = ["RegistrationOutput", "RegistrationModel", "InputError", "records_init_args"]
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def records_init_args(init: _Init) -> _Init:
+    """Decorator for a model's ``__init__``: after it runs, ``self.init_args`` holds every
+    constructor argument by name with the value it had, defaults included (what a
+    format-2 checkpoint stores, so that it rebuilds the same model whatever later
+    defaults become). Tuples are kept; the checkpoint writer turns them into lists."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self.init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
+
+    return recording_init  # type: ignore[return-value]
 
 
 class InputError(ValueError):

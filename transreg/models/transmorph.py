@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from ..decoders import DiffeomorphicHead, FlowHead, InputConvSkips, SkipDecoder
-from ..encoders import SwinEncoder
-from ..registry import register_model
-from .base import RegistrationModel
+from .decoders import DiffeomorphicHead, FlowHead, InputConvSkips, SkipDecoder
+from .encoders import SwinEncoder
+from ..zoo.registry import register_model
+from .base import RegistrationModel, records_init_args
 
 __all__ = ["TransMorph"]
 
@@ -30,6 +30,7 @@ class TransMorph(RegistrationModel):
     original ablation does, so its checkpoints load and the parameter count matches.
     """
 
+    @records_init_args
     def __init__(
         self,
         ndim: int = 3,

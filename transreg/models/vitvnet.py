@@ -13,11 +13,11 @@ import math
 
 from torch import Tensor
 
-from ..decoders import FlowHead, ViTVNetDecoder
-from ..encoders import ViTEncoder
-from ..layers import channels_last
-from ..registry import register_model
-from .base import InputError, RegistrationModel
+from .decoders import FlowHead, ViTVNetDecoder
+from .encoders import ViTEncoder
+from .layers import channels_last
+from ..zoo.registry import register_model
+from .base import InputError, RegistrationModel, records_init_args
 
 __all__ = ["ViTVNet"]
 
@@ -31,6 +31,7 @@ class ViTVNet(RegistrationModel):
     ``len(decoder_channels)`` blocks must bring the token map back to full resolution.
     """
 
+    @records_init_args
     def __init__(
         self,
         ndim: int = 3,

@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from ..decoders import FlowHead, VxmDecoder
-from ..encoders import UNetEncoder
-from ..layers import channels_last
-from ..registry import register_model
-from .base import RegistrationModel
+from .decoders import FlowHead, VxmDecoder
+from .encoders import UNetEncoder
+from .layers import channels_last
+from ..zoo.registry import register_model
+from .base import RegistrationModel, records_init_args
 
 __all__ = ["VoxelMorph"]
 
@@ -26,6 +26,7 @@ class VoxelMorph(RegistrationModel):
     full-resolution convolutions (VoxelMorph's ``nb_unet_features``).
     """
 
+    @records_init_args
     def __init__(
         self,
         ndim: int = 3,

@@ -1,0 +1,26 @@
+"""What `transreg register` uses when the user names nothing: the default model and the sample pair."""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "default_model", "sample_pair"]
+
+# The untrained fallback (random initialisation, near-identity deformation) that
+# `transreg register` and `transreg demo` use when no model is named and the zoo names no
+# default checkpoint (transreg.zoo.index.DEFAULT_CHECKPOINT); see default_model().
+DEFAULT_MODEL = "transmorph_tiny"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "sample"
+
+
+def default_model() -> str:
+    """The model used when none is named: the zoo's default checkpoint
+    (:data:`transreg.zoo.index.DEFAULT_CHECKPOINT`, shipped in the package, no network needed)
+    if there is one, else the untrained architecture :data:`DEFAULT_MODEL`."""
+    from ..zoo.index import DEFAULT_CHECKPOINT
+
+    return DEFAULT_CHECKPOINT or DEFAULT_MODEL
+
+
+def sample_pair() -> dict[str, Path]:
+    """Paths of the shipped sample pair: ``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``."""
+    return {key: SAMPLE_DIR / f"{key}.nii.gz" for key in ("moving", "fixed", "moving_labels", "fixed_labels")}

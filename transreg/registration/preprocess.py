@@ -1,0 +1,222 @@
+"""Preprocessing to a model's input space and back: grids, resampling, intensities.
+
+Geometry is kept as world mappings, never as edited arrays: a :class:`Grid` is a shape
+plus an ``(ndim + 1)²`` voxel → world (RAS mm) affine, and every resampling samples the
+source image at ``source.affine⁻¹ · W · target.affine · x`` for target voxel ``x``
+(``W`` a world transform, default identity). Reorienting, changing the spacing and
+cropping/padding only change the target grid, so a result computed on the model grid
+maps back to the original fixed grid exactly through the same affines.
+
+2-D images use the in-plane part of the 4×4 affine (rows and columns of the first two
+axes plus the translation), i.e. the image plane is taken as the world x-y plane.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from nibabel import orientations
+from scipy import ndimage
+from torch import Tensor
+
+from ..spatial import affine_to_flow, warp
+from ..zoo.preprocessing import IntensitySpec, PreprocessingError
+from .io import Image, ImageError
+
+__all__ = [
+    "Grid",
+    "Preprocessing",
+    "spatial_affine",
+    "voxel_map",
+    "coordinates",
+    "sample",
+    "normalize_intensity",
+    "resample_image",
+]
+
+
+def spatial_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
+    """The ``(ndim + 1)²`` voxel → world affine of a 2-D or 3-D image from its 4×4 affine."""
+    keep = list(range(ndim)) + [3]
+    out = np.asarray(affine, dtype=np.float64)[np.ix_(keep, keep)].copy()
+    if abs(np.linalg.det(out[:ndim, :ndim])) < 1e-12:
+        raise ImageError(f"the {ndim}-D image plane is not the world x-y plane; its affine is singular there")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A voxel grid: ``shape`` and ``affine`` ``(ndim + 1, ndim + 1)`` voxel → world mm."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, image: Image) -> "Grid":
+        return cls(image.shape, spatial_affine(image.affine, image.ndim))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[: self.ndim, : self.ndim], axis=0)
+
+    def _with_voxel_map(self, shape: Sequence[int], new_to_old: np.ndarray) -> "Grid":
+        return Grid(tuple(int(s) for s in shape), self.affine @ new_to_old)
+
+    def reoriented(self, codes: str) -> "Grid":
+        """Permute/flip the voxel axes so they point closest to ``codes`` (e.g. ``"RAS"``)."""
+        current = orientations.io_orientation(self.affine)
+        change = orientations.ornt_transform(current, orientations.axcodes2ornt(codes[: self.ndim]))
+        shape = [0] * self.ndim
+        for axis, (new_axis, _) in enumerate(change):
+            shape[int(new_axis)] = self.shape[axis]
+        return self._with_voxel_map(shape, orientations.inv_ornt_aff(change, self.shape))
+
+    def resampled(self, spacing: float | Sequence[float]) -> "Grid":
+        """Same field of view (voxel cells) and centre, voxels of ``spacing`` mm."""
+        new = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.ndim,))
+        extent = np.asarray(self.shape) * self.spacing
+        shape = np.maximum(np.rint(extent / new), 1).astype(int)
+        scale = new / self.spacing
+        centre_old, centre_new = (np.asarray(self.shape) - 1) / 2, (shape - 1) / 2
+        new_to_old = np.eye(self.ndim + 1)
+        new_to_old[: self.ndim, : self.ndim] = np.diag(scale)
+        new_to_old[: self.ndim, self.ndim] = centre_old - scale * centre_new
+        return self._with_voxel_map(shape, new_to_old)
+
+    def cropped_or_padded(self, size: Sequence[int]) -> "Grid":
+        """``size`` voxels per axis around the same centre (crop or pad symmetrically)."""
+        if len(size) != self.ndim:
+            raise ValueError(f"size {tuple(size)} must have {self.ndim} entries")
+        new_to_old = np.eye(self.ndim + 1)
+        new_to_old[: self.ndim, self.ndim] = (np.asarray(self.shape) - np.asarray(size)) // 2
+        return self._with_voxel_map(size, new_to_old)
+
+    def pooled(self, factor: int) -> "Grid":
+        """The grid of ``avg_pool(kernel=stride=factor)`` (partial cells at the end dropped)."""
+        shape = [max(s // factor, 1) for s in self.shape]
+        new_to_old = np.eye(self.ndim + 1)
+        new_to_old[: self.ndim, : self.ndim] *= factor
+        new_to_old[: self.ndim, self.ndim] = (factor - 1) / 2
+        return self._with_voxel_map(shape, new_to_old)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's input space: ``spacing`` mm (``None``: the fixed image's), ``orientation``
+    axis codes (``None``: the fixed image's), intensity ``normalization`` (see
+    :func:`normalize_intensity`), ``size`` (crop/pad the model grid, ``None``: no change).
+    Built from a checkpoint's ``config.json`` ``"preprocessing"`` dict."""
+
+    spacing: float | tuple[float, ...] | None = 2.0
+    orientation: str | None = "RAS"
+    normalization: Mapping[str, Any] | str = "percentile"
+    size: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None, **overrides: Any) -> "Preprocessing":
+        """From a checkpoint's ``"preprocessing"`` dict (keys ``spacing``, ``orientation``,
+        ``size``, ``normalization`` or ``intensity``; ``None`` values and other keys such as
+        ``modality`` leave the defaults), then ``overrides`` that are not ``None``."""
+        config = {k: v for k, v in dict(config or {}).items() if v is not None}
+        if "intensity" in config and "normalization" not in config:  # a checkpoint's record
+            config["normalization"] = config["intensity"]
+        values = {k: config[k] for k in ("spacing", "orientation", "normalization", "size") if k in config}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("spacing", "size"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        if "normalization" in values:
+            values["normalization"] = _normalization_spec(values["normalization"])
+        return cls(**values)
+
+    def grid(self, fixed: Grid) -> Grid:
+        """The model grid: the fixed image's field of view, reoriented, resampled, cropped."""
+        grid = fixed.reoriented(self.orientation) if self.orientation else fixed
+        if self.spacing is not None:
+            grid = grid.resampled(self.spacing)
+        if self.size is not None:
+            grid = grid.cropped_or_padded(self.size)
+        return grid
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"spacing": self.spacing, "orientation": self.orientation,
+                "normalization": self.normalization, "size": self.size}
+
+
+def voxel_map(target: Grid, source: Grid, world: np.ndarray | None = None) -> np.ndarray:
+    """``(ndim + 1)²`` matrix: target voxel → source voxel through the world map ``world``
+    (target world point → source world point; identity if ``None``)."""
+    world = np.eye(target.ndim + 1) if world is None else world
+    return np.linalg.solve(source.affine, world @ target.affine)
+
+
+def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+    """Source voxel coordinates ``(ndim, *shape)`` (float32) of ``x ↦ matrix · x``."""
+    m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
+    flow = affine_to_flow(m[None], tuple(shape))[0]
+    axes = [torch.arange(n, device=device, dtype=torch.float64) for n in shape]
+    return (flow + torch.stack(torch.meshgrid(*axes, indexing="ij"))).float()
+
+
+def sample(image: Tensor, coords: Tensor, mode: str = "bilinear", padding: str = "zeros") -> Tensor:
+    """Sample ``image`` ``(B, C, *src)`` at voxel coordinates ``coords`` ``(ndim, *tgt)``
+    (``mode`` linear or nearest; ``padding`` zeros or border outside) → ``(B, C, *tgt)``."""
+    ndim = coords.shape[0]
+    axes = [torch.arange(n, device=coords.device, dtype=coords.dtype) for n in coords.shape[1:]]
+    identity = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return warp(image, (coords - identity)[None].expand(image.shape[0], ndim, *coords.shape[1:]), mode=mode, padding=padding)
+
+
+def _normalization_spec(spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A normalization dict (the typed record of :class:`~transreg.zoo.preprocessing.IntensitySpec`)
+    from a dict or a method name (``"percentile"``, ``"minmax"``, ``"ct"``, ``"none"``)."""
+    try:
+        return IntensitySpec.from_json(spec).to_json()
+    except PreprocessingError as err:
+        raise ValueError(f"intensity normalization: {err}") from None
+
+
+def normalize_intensity(data: np.ndarray, spec: Mapping[str, Any] | str = "percentile") -> tuple[np.ndarray, dict]:
+    """Map intensities to ``[0, 1]`` and return ``(float32 array, record)``.
+
+    ``spec``: ``"percentile"`` or ``{"method": "percentile", "lower": 0.5, "upper": 99.5}``
+    (clip to those percentiles, then rescale), ``{"method": "ct", "level": 40, "width":
+    400}`` (CT window in HU), ``{"method": "minmax"}``, or ``"none"``. The record holds the
+    method and the values ``lo``/``hi`` mapped to 0 and 1.
+    """
+    spec = _normalization_spec(spec)
+    method = spec["method"]
+    if method == "none":
+        return data.astype(np.float32), {"method": "none"}
+    if method == "percentile":
+        lo, hi = np.percentile(data, [float(spec.get("lower", 0.5)), float(spec.get("upper", 99.5))])
+    elif method == "ct":
+        level, width = float(spec.get("level", 40.0)), float(spec.get("width", 400.0))
+        lo, hi = level - width / 2, level + width / 2
+    else:  # minmax
+        lo, hi = float(data.min()), float(data.max())
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    out = ((np.clip(data, lo, hi) - lo) * scale).astype(np.float32)
+    return out, {**spec, "method": method, "lo": float(lo), "hi": float(hi)}
+
+
+def resample_image(data: np.ndarray, source: Grid, target: Grid, world: np.ndarray | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """Linear resampling of ``data`` (on ``source``) onto ``target`` → ``(1, 1, *target)``.
+
+    When the target voxels are larger than the source's, the source is first smoothed
+    (Gaussian, σ = (ratio − 1) / 2 source voxels) against aliasing.
+    """
+    ratio = float(np.min(target.spacing)) / source.spacing
+    sigma = np.maximum(ratio - 1.0, 0.0) / 2.0
+    if np.any(sigma > 0):
+        data = ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="nearest")
+    image = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32, device=device)[None, None]
+    return sample(image, coordinates(voxel_map(target, source, world), target.shape, device))
+
