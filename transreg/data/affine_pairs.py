@@ -6,13 +6,17 @@ of a pair), each moved in world space by a random affine about its centre (movin
 rotations ``U(±degrees)`` about each axis, per-axis scaling ``U(1 ± scale)``, translation
 ``U(±shift)`` mm; fixed: a third of each range), sampled (nearest) on an RAS grid of
 ``size`` voxels of ``spacing`` mm centred on the moved head's centre ± ``jitter`` mm, and
-synthesised with random contrast (:func:`transreg.data.synth.synthesize_image`, dark
-background). This is the input :func:`transreg.registration.learned_affine.learned_affine`
+synthesised with random contrast per original label
+(:func:`transreg.data.synth.synthesize_image`, dark background). The returned label maps
+hold coarse groups (:data:`ASEG_GROUPS`: hemispheres' white matter, cortex, cerebellum,
+deep grey matter, ventricles, brainstem, the rest of the brain, extra-cerebral tissue):
+large structures give an affine's Dice loss a smooth landscape, 54 small ones a flat one
+(measured: ``train/README.md``). This is the input :func:`transreg.registration.learned_affine.learned_affine`
 builds at inference (grids centred on each image's centre of mass), so the network
 learns the residual voxel map fixed grid → moving grid.
 
 Items: ``{"moving", "fixed": (1, *size) float32 in [0, 1], "moving_labels",
-"fixed_labels": (1, *size) int64}`` (consecutive labels, ``label_values`` the originals).
+"fixed_labels": (1, *size) int64}`` (group ids; ``label_values`` = ``0..len(ASEG_GROUPS)``).
 """
 from __future__ import annotations
 
@@ -31,10 +35,18 @@ from .augment import rotation_matrix
 from .synth import synthesize_image
 from .synthetic import DataError, item_generator
 
-__all__ = ["AffineLabelPairs", "BRAIN_LABEL_LIMIT", "centred_grid"]
+__all__ = ["AffineLabelPairs", "ASEG_GROUPS", "BRAIN_LABEL_LIMIT", "centred_grid", "random_world_affine"]
 
 #: aseg labels below this are brain structures; SynthSeg's extra-cerebral labels are above
 BRAIN_LABEL_LIMIT = 100
+#: the loss's label groups (group id = position + 1); other brain labels → "other brain",
+#: labels >= BRAIN_LABEL_LIMIT → "extra-cerebral"
+ASEG_GROUPS: dict[str, tuple[int, ...]] = {
+    "left white matter": (2,), "right white matter": (41,), "left cortex": (3,), "right cortex": (42,),
+    "left cerebellum": (7, 8), "right cerebellum": (46, 47), "brainstem": (16,),
+    "left deep grey matter": (10, 11, 12, 13, 17, 18, 26, 28), "right deep grey matter": (49, 50, 51, 52, 53, 54, 58, 60),
+    "ventricles": (4, 5, 14, 15, 24, 43, 44), "other brain": (), "extra-cerebral": (),
+}
 
 
 def centred_grid(centre: np.ndarray, spacing: float, size: Sequence[int]) -> Grid:
@@ -60,6 +72,15 @@ def random_world_affine(centre: np.ndarray, gen: torch.Generator, degrees: float
     out[:ndim, :ndim] = linear
     out[:ndim, ndim] = centre - linear @ centre + _uniform(gen, ndim, shift)
     return out
+
+
+def _group_table(values: np.ndarray) -> np.ndarray:
+    """Group id (0 background, 1.. :data:`ASEG_GROUPS`) of each consecutive label."""
+    names = list(ASEG_GROUPS)
+    of_label = {label: names.index(name) + 1 for name, labels in ASEG_GROUPS.items() for label in labels}
+    other, extra = names.index("other brain") + 1, names.index("extra-cerebral") + 1
+    return np.array([0 if v == 0 else of_label.get(int(v), other if v < BRAIN_LABEL_LIMIT else extra)
+                     for v in values], dtype=np.int64)
 
 
 class AffineLabelPairs(Dataset):
@@ -100,11 +121,14 @@ class AffineLabelPairs(Dataset):
         self.label_values = np.unique(np.concatenate([np.unique(v) for v in volumes]))
         if self.label_values[0] != 0:
             self.label_values = np.concatenate([[0], self.label_values])
-        self.num_labels = len(self.label_values)
+        self.num_original = len(self.label_values)  # synthesis: one random intensity per original label
         lut = np.zeros(int(self.label_values.max()) + 1, dtype=np.int64)
-        lut[self.label_values] = np.arange(self.num_labels)
+        lut[self.label_values] = np.arange(self.num_original)
         self.brain_limit = int(np.searchsorted(self.label_values, BRAIN_LABEL_LIMIT))  # first extra-cerebral id
         self.maps = [torch.from_numpy(lut[v]).float()[None, None] for v in volumes]
+        self.group_of = torch.as_tensor(_group_table(self.label_values))
+        self.label_values = list(range(len(ASEG_GROUPS) + 1))  # what the loss sees: background + groups
+        self.num_labels = len(self.label_values)
         self.centres = {(i, brain): self._centre(i, brain) for i in range(len(self.maps)) for brain in (False, True)}
 
     def _centre(self, index: int, brain: bool) -> np.ndarray:
@@ -129,10 +153,10 @@ class AffineLabelPairs(Dataset):
         labels = sample(self.maps[index], coords, mode="nearest").long()
         if brain:
             labels[labels >= self.brain_limit] = 0
-        means = torch.rand(self.num_labels, generator=gen)
+        means = torch.rand(self.num_original, generator=gen)
         means[0] = 0.1 * float(torch.rand((), generator=gen))  # dark background, as in scans
-        image = synthesize_image(labels, self.num_labels, gen, means=means)
-        return image[0], labels[0]
+        image = synthesize_image(labels, self.num_original, gen, means=means)
+        return image[0], self.group_of[labels[0]]
 
     def __getitem__(self, key: int) -> dict[str, Tensor]:
         gen = item_generator(self.seed, int(key))

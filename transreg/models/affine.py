@@ -1,4 +1,8 @@
-"""Learned affine registration: a CNN encoder + regression head → one affine map per pair.
+"""Learned affine registration: one affine map per (moving, fixed) pair.
+
+Two architectures: :class:`AffineNet` (a CNN encoder on the pair + a regression head) and
+:class:`KeypointAffineNet` (a shared keypoint detector on each image + the closed-form
+least-squares affine between the two keypoint sets, as KeyMorph, Yu et al. 2022).
 
 ``AffineNet(moving, fixed)`` returns an :class:`AffineOutput`: the usual ``flow`` (the
 dense displacement of the predicted affine on the fixed grid, voxels), ``warped`` and
@@ -26,9 +30,9 @@ from torch import Tensor, nn
 from ..spatial import affine_to_flow, warp
 from ..zoo.registry import register_model
 from .base import RegistrationModel, RegistrationOutput, records_init_args
-from .layers import ConvNormAct
+from .layers import ConvNormAct, conv_nd
 
-__all__ = ["AffineNet", "AffineOutput", "affine_from_parameters"]
+__all__ = ["AffineNet", "KeypointAffineNet", "AffineOutput", "affine_from_parameters", "fit_affine"]
 
 
 @dataclass
@@ -105,6 +109,73 @@ class AffineNet(RegistrationModel):
         matrix = affine_from_parameters(params, shape, self.translation_scale)
         flow = affine_to_flow(matrix, shape)
         return AffineOutput(flow=flow, warped=warp(moving, flow), matrix=matrix)
+
+
+def fit_affine(source: Tensor, target: Tensor, ridge: float = 1e-4) -> Tensor:
+    """Least-squares affine ``(B, ndim, ndim + 1)`` mapping points ``source`` ``(B, K, ndim)``
+    onto ``target`` ``(B, K, ndim)`` (``target ≈ A source + t``); ``ridge`` (relative to the
+    points' spread) keeps it defined for nearly degenerate sets."""
+    ones = source.new_ones(*source.shape[:-1], 1)
+    design = torch.cat([source, ones], dim=-1)  # (B, K, ndim + 1)
+    gram = design.transpose(1, 2) @ design
+    gram = gram + ridge * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(
+        gram.shape[-1], device=gram.device, dtype=gram.dtype)
+    return torch.linalg.solve(gram, design.transpose(1, 2) @ target).transpose(1, 2)
+
+
+class KeypointAffineNet(RegistrationModel):
+    """A keypoint detector applied to each image alone (shared weights): a strided CNN
+    encoder (``channels``, stride 2 each), one ×2 upsampling with a skip, a 1×1 conv to
+    ``keypoints`` heatmaps, a spatial softmax and its centre of mass → ``keypoints`` points
+    (voxels); the affine is the least-squares fit fixed points → moving points."""
+
+    size_divisor = 1
+
+    @records_init_args
+    def __init__(self, ndim: int = 3, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 64),
+                 keypoints: int = 64):
+        super().__init__()
+        self.ndim = ndim
+        self.in_channels = in_channels
+        self.down = nn.ModuleList()
+        width = in_channels
+        for out in channels:
+            self.down.append(nn.Sequential(ConvNormAct(ndim, width, out, stride=2), ConvNormAct(ndim, out, out)))
+            width = out
+        skip = channels[-2]
+        self.up = ConvNormAct(ndim, width + skip, skip)
+        self.heads = nn.Sequential(ConvNormAct(ndim, skip, skip), conv_nd(ndim)(skip, keypoints, 1))
+
+    def detect(self, image: Tensor) -> Tensor:
+        """Keypoints ``(B, K, ndim)`` in voxel indices of ``image`` ``(B, C, *S)``."""
+        features = []
+        x = image
+        for block in self.down:
+            x = block(x)
+            features.append(x)
+        skip = features[-2]
+        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+        heat = self.heads(self.up(torch.cat([x, skip], dim=1))).float()
+        weights = heat.flatten(2).softmax(-1)  # (B, K, V)
+        shape = heat.shape[2:]
+        axes = [(torch.arange(n, device=heat.device, dtype=torch.float32) + 0.5) * (s / n) - 0.5
+                for n, s in zip(shape, image.shape[2:])]  # heatmap voxel centres in input voxels
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)  # (ndim, V)
+        return weights @ grid.T
+
+    def forward(self, moving: Tensor, fixed: Tensor) -> AffineOutput:
+        self._check_inputs(moving, fixed)
+        shape = tuple(moving.shape[2:])
+        matrix = fit_affine(self.detect(fixed), self.detect(moving))
+        flow = affine_to_flow(matrix, shape)
+        return AffineOutput(flow=flow, warped=warp(moving, flow), matrix=matrix)
+
+
+@register_model
+def keypoint_affine_micro(**kwargs: Any) -> KeypointAffineNet:
+    """Learned affine stage, keypoints: detector 16-32-64-64 + one skip, 64 keypoints, least-squares fit."""
+    return KeypointAffineNet(**kwargs)
 
 
 @register_model
