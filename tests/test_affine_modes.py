@@ -50,7 +50,7 @@ def test_no_affine_is_the_none_mode(tmp_path) -> None:
 @pytest.fixture()
 def affine_checkpoint(tmp_path):
     """An (untrained) affine network saved with the input space the learned stage needs."""
-    return save_pretrained(build_architecture("affine_micro"), tmp_path / "affine", preprocessing=AFFINE_PREPROCESSING)
+    return save_pretrained(build_architecture("affine_regression_micro"), tmp_path / "affine", preprocessing=AFFINE_PREPROCESSING)
 
 
 def test_deformable_checkpoint_names_its_affine_model(tmp_path, affine_checkpoint) -> None:

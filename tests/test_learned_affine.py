@@ -10,7 +10,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from transreg.data.affine_pairs import AffineLabelPairs, centred_grid, random_world_affine
-from transreg.models.affine import AffineNet, affine_from_parameters
+from transreg.models.affine import AffineNet, affine_from_parameters, fit_affine
 from transreg.registration.learned_affine import input_space, learned_affine
 from transreg.registration.preprocess import Grid
 from transreg.zoo.factory import build_architecture
@@ -39,7 +39,7 @@ def test_rotation_scale_and_translation_about_the_grid_centre() -> None:
 
 @pytest.mark.parametrize("shape", [(32, 40, 36), (33, 29, 31), (40, 24)])
 def test_untrained_network_predicts_the_identity_for_any_size(shape: tuple[int, ...]) -> None:
-    net = build_architecture("affine_micro", ndim=len(shape)).eval()
+    net = build_architecture("affine_regression_micro", ndim=len(shape)).eval()
     moving, fixed = torch.rand(1, 1, *shape), torch.rand(1, 1, *shape)
     with torch.no_grad():
         out = net(moving, fixed)
@@ -179,4 +179,48 @@ def test_learned_stage_composes_each_pass_on_the_fixed_grid() -> None:
 
 def test_an_affine_model_needs_its_input_space() -> None:
     with pytest.raises(ValueError, match="records no preprocessing spacing and size"):
-        input_space(build_architecture("affine_micro"))
+        input_space(build_architecture("affine_regression_micro"))
+
+
+def test_least_squares_fit_recovers_a_known_affine() -> None:
+    rng = np.random.default_rng(1)
+    points = rng.uniform(0, 40, size=(2, 30, 3))
+    truth = np.concatenate([Rotation.random(2, random_state=2).as_matrix() * 1.1, rng.normal(size=(2, 3, 1)) * 5], 2)
+    moved = np.einsum("bij,bkj->bki", truth[:, :, :3], points) + truth[:, None, :, 3]
+    fitted = fit_affine(torch.as_tensor(points), torch.as_tensor(moved), ridge=0.0).numpy()
+    np.testing.assert_allclose(fitted, truth, atol=1e-8)
+    # noisy points: the same answer as numpy's least squares
+    noisy = moved + rng.normal(scale=0.5, size=moved.shape)
+    design = np.concatenate([points[0], np.ones((30, 1))], 1)
+    expected = np.linalg.lstsq(design, noisy[0], rcond=None)[0].T
+    np.testing.assert_allclose(fit_affine(torch.as_tensor(points), torch.as_tensor(noisy), ridge=0.0)[0].numpy(),
+                               expected, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(40, 40, 40), (33, 29, 31), (48, 40)])
+def test_keypoint_network_maps_an_image_onto_itself_by_the_identity(shape: tuple[int, ...]) -> None:
+    """Any weights: the same image gives the same keypoints, whose fit is the identity."""
+    torch.manual_seed(0)
+    net = build_architecture("affine_micro", ndim=len(shape)).eval()
+    image = torch.rand(1, 1, *shape)
+    with torch.no_grad():
+        out = net(image, image)
+    eye = torch.cat([torch.eye(len(shape)), torch.zeros(len(shape), 1)], 1)
+    assert torch.allclose(out.matrix[0], eye, atol=1e-3)
+    assert out.flow.shape == (1, len(shape), *shape) and float(out.flow.abs().max()) < 0.05
+
+
+def test_keypoints_are_in_input_voxels() -> None:
+    """A detector whose heatmaps peak at one voxel puts the keypoint at that voxel's centre."""
+    net = build_architecture("affine_micro", keypoints=2).eval()
+    image = torch.zeros(1, 1, 40, 40, 40)
+    with torch.no_grad():
+        last = net.heads[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        heat = torch.full((1, 2, 10, 10, 10), -1e4)  # heatmaps at input / 4
+        heat[0, 0, 2, 3, 4] = 0.0
+        heat[0, 1, 9, 0, 5] = 0.0
+        last.register_forward_hook(lambda module, args, out: out + heat)
+        points = net.detect(image)[0].numpy()
+    np.testing.assert_allclose(points, [[9.5, 13.5, 17.5], [37.5, 1.5, 21.5]], atol=1e-4)  # (i + 0.5) * 4 - 0.5

@@ -113,19 +113,26 @@ class AffineNet(RegistrationModel):
 
 def fit_affine(source: Tensor, target: Tensor, ridge: float = 1e-4) -> Tensor:
     """Least-squares affine ``(B, ndim, ndim + 1)`` mapping points ``source`` ``(B, K, ndim)``
-    onto ``target`` ``(B, K, ndim)`` (``target ≈ A source + t``); ``ridge`` (relative to the
-    points' spread) keeps it defined for nearly degenerate sets."""
-    ones = source.new_ones(*source.shape[:-1], 1)
-    design = torch.cat([source, ones], dim=-1)  # (B, K, ndim + 1)
-    gram = design.transpose(1, 2) @ design
-    gram = gram + ridge * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(
-        gram.shape[-1], device=gram.device, dtype=gram.dtype)
-    return torch.linalg.solve(gram, design.transpose(1, 2) @ target).transpose(1, 2)
+    onto ``target`` ``(B, K, ndim)`` (``target ≈ A source + t``). ``ridge`` (relative to the
+    points' mean squared spread about their centre) pulls ``A`` towards the identity, so
+    that nearly degenerate point sets (an untrained detector) give a near-identity map."""
+    ndim = source.shape[-1]
+    centre = source.mean(1, keepdim=True)
+    centred = source - centre
+    gram = centred.transpose(1, 2) @ centred  # (B, ndim, ndim)
+    eye = torch.eye(ndim, device=source.device, dtype=source.dtype)
+    damping = ridge * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye + 1e-12 * eye
+    residual = target - source
+    delta = torch.linalg.solve(gram + damping, centred.transpose(1, 2) @ (residual - residual.mean(1, keepdim=True)))
+    linear = eye + delta.transpose(1, 2)
+    shift = target.mean(1) - (linear @ centre.transpose(1, 2))[..., 0]
+    return torch.cat([linear, shift[..., None]], dim=-1)
 
 
 class KeypointAffineNet(RegistrationModel):
     """A keypoint detector applied to each image alone (shared weights): a strided CNN
-    encoder (``channels``, stride 2 each), one ×2 upsampling with a skip, a 1×1 conv to
+    encoder (``channels``, stride 2 each), the deepest features upsampled to level
+    ``heatmap_level`` (input / 2^(level + 1)) and joined with its features, a 1×1 conv to
     ``keypoints`` heatmaps, a spatial softmax and its centre of mass → ``keypoints`` points
     (voxels); the affine is the least-squares fit fixed points → moving points."""
 
@@ -133,7 +140,7 @@ class KeypointAffineNet(RegistrationModel):
 
     @records_init_args
     def __init__(self, ndim: int = 3, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 64),
-                 keypoints: int = 64):
+                 keypoints: int = 64, heatmap_level: int = 1):
         super().__init__()
         self.ndim = ndim
         self.in_channels = in_channels
@@ -142,7 +149,8 @@ class KeypointAffineNet(RegistrationModel):
         for out in channels:
             self.down.append(nn.Sequential(ConvNormAct(ndim, width, out, stride=2), ConvNormAct(ndim, out, out)))
             width = out
-        skip = channels[-2]
+        self.heatmap_level = heatmap_level
+        skip = channels[heatmap_level]
         self.up = ConvNormAct(ndim, width + skip, skip)
         self.heads = nn.Sequential(ConvNormAct(ndim, skip, skip), conv_nd(ndim)(skip, keypoints, 1))
 
@@ -153,7 +161,7 @@ class KeypointAffineNet(RegistrationModel):
         for block in self.down:
             x = block(x)
             features.append(x)
-        skip = features[-2]
+        skip = features[self.heatmap_level]
         mode = "bilinear" if self.ndim == 2 else "trilinear"
         x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
         heat = self.heads(self.up(torch.cat([x, skip], dim=1))).float()
@@ -173,12 +181,14 @@ class KeypointAffineNet(RegistrationModel):
 
 
 @register_model
-def keypoint_affine_micro(**kwargs: Any) -> KeypointAffineNet:
-    """Learned affine stage, keypoints: detector 16-32-64-64 + one skip, 64 keypoints, least-squares fit."""
+def affine_micro(**kwargs: Any) -> KeypointAffineNet:
+    """The learned affine stage (zoo: ``affine_micro.synth_brain``): keypoint detector
+    16-32-64-64, heatmaps at input / 4, 64 keypoints, least-squares affine (chosen over the regression
+    head by measurement, ``train/README.md``)."""
     return KeypointAffineNet(**kwargs)
 
 
 @register_model
-def affine_micro(**kwargs: Any) -> AffineNet:
-    """Learned affine stage: encoder 16-32-64-64 (stride 2 each), 3³ pooled features, MLP 256 → 12 parameters."""
+def affine_regression_micro(**kwargs: Any) -> AffineNet:
+    """Regression alternative: encoder 16-32-64-64 (stride 2 each), 3³ pooled features, MLP 256 → 12 parameters."""
     return AffineNet(**kwargs)
