@@ -14,7 +14,7 @@ the fixed labels; "seconds" is the report's affine-stage time (model loading inc
 A pair *fails* when its Dice after the affine stage is below the unregistered Dice of the
 native pair (moving labels resampled onto the fixed grid by the identity world map).
 
-    OMP_NUM_THREADS=2 python evaluate/affine_modes.py --out evaluate/results/affine_v1
+    OMP_NUM_THREADS=2 python evaluate/affine_modes.py [--affine-model runs/affine_micro/staged]
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def unregistered(moving: Image, fixed: Image) -> np.ndarray:
     return sample(data, coords, mode="nearest")[0, 0].numpy().astype(np.int64)
 
 
-def run(labels_dir: Path, out: Path, modes: tuple[str, ...]) -> dict:
+def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> dict:
     priors = T1Priors(labels_dir)
     rng = np.random.default_rng(20)
     rows = []
@@ -101,7 +101,7 @@ def run(labels_dir: Path, out: Path, modes: tuple[str, ...]) -> dict:
                             row["dice_none"] = round(aseg_dice(unregistered(mov_labels, fixed_labels), fixed_labels.data), 4)
                             continue
                         start = time.perf_counter()
-                        result = transreg.register(mov, fixed, affine=mode, affine_only=True,
+                        result = transreg.register(mov, fixed, affine=mode, affine_only=True, affine_model=affine_model,
                                                    moving_labels=mov_labels, fixed_labels=fixed_labels, device="cpu")
                         row[f"wall_{mode}"] = round(time.perf_counter() - start, 3)
                         row[f"dice_{mode}"] = round(aseg_dice(result.warped_labels.data, fixed_labels.data), 4)
@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, default=REPO.parent / "shared" / "data" / "synthseg_labelmaps")
     parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "affine_v1")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--affine-model", default=None,
+                        help="affine network of the learned modes (default: the zoo's affine checkpoint)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    results = run(args.labels, args.out, tuple(args.modes))
+    results = run(args.labels, tuple(args.modes), args.affine_model)
+    results["affine_model"] = args.affine_model
     results["threads"] = torch.get_num_threads()
     results["load_average"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
