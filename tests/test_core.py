@@ -34,6 +34,9 @@ SMALL = {
 }
 
 
+KEYPOINT_MODELS = {"affine_micro"}  # the affine is fitted to detected keypoints: no zero-initialised flow head
+
+
 def small_model(name, ndim):
     args = dict(SMALL.get(name, {}))
     if name.startswith("transmorph"):
@@ -75,6 +78,8 @@ def test_every_model_registers_any_size(name, ndim, size):
     assert out.flow.shape == (2, ndim, *size)
     assert out.warped.shape == (2, 1, *size)
     assert torch.isfinite(out.flow).all() and torch.isfinite(out.warped).all()
+    if name in KEYPOINT_MODELS:  # random keypoints until trained; same image → identity: test_learned_affine.py
+        return
     # the flow heads start near zero: warped ≈ moving
     assert out.flow.abs().max() < 0.05
     assert (out.warped - moving).abs().max() < 0.05

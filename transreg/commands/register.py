@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cli import CommandError
+from ..registration.affine_stage import AFFINE_MODES, DEFAULT_AFFINE_MODE
 from ..registration.inference import PRECISIONS
 from ..registration.defaults import DEFAULT_MODEL, default_model, sample_pair
 from ..registration.outputs import check_output_dir
@@ -40,8 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"checkpoint folder (default: {default_model()})")
     p.add_argument("--moving-labels", type=Path, help="moving label map: warped to warped_labels.nii.gz")
     p.add_argument("--fixed-labels", type=Path, help="fixed label map: Dice per label in report.json")
+    p.add_argument("--affine", choices=AFFINE_MODES, default=None,
+                   help=f"affine pre-alignment: a trained affine network (learned), the intensity-based "
+                        f"optimiser (classic), the network refined by a few optimiser steps (learned+classic) "
+                        f"or none (default: {DEFAULT_AFFINE_MODE})")
+    p.add_argument("--affine-model", default=None, metavar="NAME",
+                   help="affine network of the learned modes (default: the one the deformable checkpoint "
+                        "names, else the zoo's affine checkpoint)")
     stage = p.add_mutually_exclusive_group()
-    stage.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
+    stage.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment (= --affine none)")
     stage.add_argument("--affine-only", action="store_true", help="stop after the affine stage (no network)")
     p.add_argument("--instance-opt", type=int, default=0, metavar="STEPS",
                    help="refine the network's displacement on this pair for STEPS Adam steps")
@@ -92,8 +100,14 @@ def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None =
 def run(args: argparse.Namespace) -> int:
     if args.instance_opt < 0:
         raise CommandError(f"--instance-opt must be >= 0, got {args.instance_opt}")
+    if args.no_affine and args.affine not in (None, "none"):
+        raise CommandError(f"--no-affine and --affine {args.affine} contradict each other; give one")
+    if args.affine_only and args.affine == "none":
+        raise CommandError("--affine-only with --affine none leaves nothing to do")
+    mode = "none" if args.no_affine else (args.affine or True)
     register_and_write(
-        _inputs(args), args.out, args.model, affine=not args.no_affine, affine_only=args.affine_only,
+        _inputs(args), args.out, args.model, affine=mode, affine_only=args.affine_only,
+        affine_model=args.affine_model,
         instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
         precision=args.precision,
     )

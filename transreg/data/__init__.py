@@ -4,6 +4,9 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 
 - ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
 - ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
+- ``synthetic:affine:GLOB`` — label maps under large random affines on ``data.spacing`` mm
+  grids, for the learned affine stage (:mod:`transreg.data.affine_pairs`; ranges
+  ``affine_degrees``, ``affine_scale``, ``affine_shift`` in voxels of that grid);
 - a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
 - a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
   pairs (``moving,fixed[,...]``).
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .affine_pairs import AffineLabelPairs
 from .augment import augment_pair, random_affine
 from .nifti import PairDataset, Subject, all_label_values, find_subjects, load_subjects, read_csv
 from .sampler import StepBatchSampler
@@ -30,6 +34,7 @@ __all__ = [
     "DataError",
     "ShapesPairs",
     "LabelMapPairs",
+    "AffineLabelPairs",
     "PairDataset",
     "StepBatchSampler",
     "augment_pair",
@@ -39,6 +44,7 @@ __all__ = [
 ]
 
 VAL_SEED_OFFSET = 1_000_003
+_SYNTHETIC = (ShapesPairs, LabelMapPairs, AffineLabelPairs)  # generated on the fly: validation = another seed
 
 
 def _augment_args(cfg: Any) -> dict[str, Any]:
@@ -55,7 +61,13 @@ def _synthetic(spec: str, cfg: Any, seed: int, length: int) -> Dataset:
     if spec.startswith("synthetic:labels:"):
         return LabelMapPairs(spec[len("synthetic:labels:"):], cfg.size, length=length, seed=seed,
                              shared_contrast=cfg.shared_contrast)
-    raise DataError(f"unknown synthetic data {spec!r}: use synthetic:shapes or synthetic:labels:DIR")
+    if spec.startswith("synthetic:affine:"):
+        if cfg.spacing is None or len(set(cfg.spacing)) != 1:
+            raise DataError(f"data {spec!r} needs one isotropic data.spacing (e.g. [5, 5, 5]), got {cfg.spacing}")
+        spacing = float(cfg.spacing[0])
+        return AffineLabelPairs(spec[len("synthetic:affine:"):], cfg.size, spacing, length=length, seed=seed,
+                                degrees=cfg.affine_degrees, scale=cfg.affine_scale, shift=cfg.affine_shift * spacing)
+    raise DataError(f"unknown synthetic data {spec!r}: use synthetic:shapes, synthetic:labels:DIR or synthetic:affine:GLOB")
 
 
 def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] | None]:
@@ -114,9 +126,9 @@ def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
     train, val = build_source(cfg.train, cfg, seed, augment=True, holdout=holdout)
     if cfg.val is not None:
         val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False)
-        if isinstance(val, (ShapesPairs, LabelMapPairs)):
+        if isinstance(val, _SYNTHETIC):
             val.length = cfg.val_pairs
-    elif isinstance(train, (ShapesPairs, LabelMapPairs)):
+    elif isinstance(train, _SYNTHETIC):
         val = copy.copy(train)
         val.seed, val.length = seed + VAL_SEED_OFFSET, cfg.val_pairs
     if val is not None and len(val) > cfg.val_pairs:

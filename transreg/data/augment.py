@@ -8,10 +8,10 @@ from torch import Tensor
 
 from ..spatial import affine_to_flow, warp
 
-__all__ = ["random_affine", "augment_pair"]
+__all__ = ["rotation_matrix", "random_affine", "augment_pair"]
 
 
-def _rotation(angles: Tensor, ndim: int) -> Tensor:
+def rotation_matrix(angles: Tensor, ndim: int) -> Tensor:
     """Rotation matrix from one angle (2-D) or three Euler angles (3-D), radians."""
     if ndim == 2:
         c, s = math.cos(angles[0]), math.sin(angles[0])
@@ -35,7 +35,7 @@ def random_affine(shape: tuple[int, ...], gen: torch.Generator, degrees: float, 
     angles = (torch.rand(n_angles, generator=gen) * 2 - 1) * math.radians(degrees)
     scales = 1 + (torch.rand(ndim, generator=gen) * 2 - 1) * scale
     shifts = (torch.rand(ndim, generator=gen) * 2 - 1) * shift
-    a = _rotation(angles, ndim) @ torch.diag(scales)
+    a = rotation_matrix(angles, ndim) @ torch.diag(scales)
     centre = (torch.tensor(shape, dtype=torch.float32) - 1) / 2
     t = centre - a @ centre + shifts
     matrix = torch.cat([a, t[:, None]], dim=1)[None]

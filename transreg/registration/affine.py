@@ -60,16 +60,21 @@ def _homogeneous(linear: np.ndarray, translation: np.ndarray) -> np.ndarray:
 
 
 def initial_transform(
-    moving: Tensor, moving_grid: Grid, fixed: Tensor, fixed_grid: Grid, init: str = "com",
+    moving: Tensor, moving_grid: Grid, fixed: Tensor, fixed_grid: Grid, init: str | np.ndarray = "com",
     score: Callable[[np.ndarray], float] | None = None,
 ) -> np.ndarray:
     """Initial world map fixed → moving ``(ndim + 1)²``.
 
     ``init``: ``"none"`` (identity), ``"com"`` (translate the centres of mass onto each
     other), ``"moments"`` (also rotate/scale the principal axes onto each other; the
-    axis signs are chosen by ``score`` — lower is better — among the proper rotations).
+    axis signs are chosen by ``score`` — lower is better — among the proper rotations),
+    or a world map ``(ndim + 1)²`` to start from (e.g. the learned affine stage's).
     """
     ndim = fixed_grid.ndim
+    if isinstance(init, np.ndarray):
+        if init.shape != (ndim + 1, ndim + 1):
+            raise ValueError(f"an initial affine for {ndim}-D images must be {ndim + 1}x{ndim + 1}, got {init.shape}")
+        return init
     if init == "none":
         return np.eye(ndim + 1)
     c_m, cov_m = _moments(moving, moving_grid)
@@ -150,7 +155,7 @@ def affine_align(
     fixed: Tensor,
     fixed_grid: Grid,
     similarity: str = "ncc",
-    init: str = "com",
+    init: str | np.ndarray = "com",
     levels: Sequence[int] | None = None,
     iterations: Sequence[int] | None = None,
     lr: float = 0.01,

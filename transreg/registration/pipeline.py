@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..spatial import warp
-from .affine import affine_align
+from .affine_stage import affine_mode, affine_model_name, run_affine_stage
 from .defaults import default_model
 from .inference import Precision, predict
 from .io import Image, ImageError, load_image
@@ -143,8 +143,9 @@ def register(
     *,
     moving_labels: ImageSource | None = None,
     fixed_labels: ImageSource | None = None,
-    affine: bool = True,
+    affine: bool | str = True,
     affine_only: bool = False,
+    affine_model: str | nn.Module | None = None,
     instance_opt: int = 0,
     instance_opt_weight: float = 1.0,
     instance_opt_lr: float = 0.1,
@@ -160,14 +161,18 @@ def register(
     ``hf-hub:...``, ``local-dir:...`` or a folder), a model, or ``None`` for
     :func:`default_model`. The model's
     ``preprocessing`` (spacing, orientation, intensity, size) sets the model grid;
-    ``spacing`` (mm) overrides it. ``affine=False`` skips the affine stage,
-    ``affine_only`` stops after it; ``instance_opt`` Adam steps refine the network's
+    ``spacing`` (mm) overrides it. ``affine``: the affine stage's mode, ``"learned"``,
+    ``"classic"``, ``"learned+classic"`` or ``"none"`` (``True``: the default mode,
+    ``False``: ``"none"``; :mod:`transreg.registration.affine_stage`); ``affine_model``: the
+    learned modes' affine network (default: the one the deformable checkpoint names, else
+    the zoo's); ``affine_only`` stops after the affine stage; ``instance_opt`` Adam steps refine the network's
     displacement on this pair. ``similarity`` (``"mi"``, the default: robust to contrast
     differences between subjects and scanners, or ``"ncc"``) drives the affine stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
     (:func:`transreg.registration.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
     :class:`~transreg.registration.io.ImageError` (a ``ValueError``) for unusable inputs.
     """
-    if affine_only and not affine:
+    mode = affine_mode(affine)
+    if affine_only and mode == "none":
         raise ValueError("affine_only and affine=False exclude each other")
     if affine_only and instance_opt:
         raise ValueError("instance optimisation refines the deformable stage; it cannot run with affine_only")
@@ -200,14 +205,21 @@ def register(
     stages.done("preprocess", f"model grid {model_grid.shape} at {np.round(model_grid.spacing, 2).tolist()} mm")
 
     world = np.eye(ndim + 1)
-    affine_report: dict[str, Any] = {"enabled": affine, "similarity": similarity if affine else None}
-    if affine:
+    classic = mode in ("classic", "learned+classic")
+    affine_report: dict[str, Any] = {"enabled": mode != "none", "mode": mode,
+                                     "similarity": similarity if classic else None}
+    if mode != "none":
+        affine_net = None
+        if mode.startswith("learned"):
+            affine_name = affine_model_name(affine_model, net)
+            affine_net = network_for(affine_name, ndim).to(device)
+            affine_report["model"] = _model_info(affine_name, affine_net)
         moving_own = pre.grid(moving_grid)
         moving_model = resample_image(moving_norm, moving_grid, moving_own, device=device)
-        result = affine_align(moving_model, moving_own, fixed_model, model_grid, similarity=similarity)
+        result = run_affine_stage(mode, moving_model, moving_own, fixed_model, model_grid, similarity, affine_net)
         world = result.matrix
         affine_report.update(world_matrix_fixed_to_moving_ras_mm=world, losses=[round(v, 5) for v in result.losses])
-        stages.done("affine", f"{similarity} loss {result.losses[-1]:.4f}")
+        stages.done("affine", mode + (f", {similarity} loss {result.losses[-1]:.4f}" if classic else ""))
     moving_model = resample_image(moving_norm, moving_grid, model_grid, world, device=device)
 
     flow = torch.zeros(1, ndim, *model_grid.shape, device=device)

@@ -14,7 +14,9 @@ the checkpoint builds; ``preprocessing`` is the typed record of
 ``model.safetensors``, verified on every load. Format 1 (transreg 0.1, the zoo v1
 checkpoints) stored only the arguments that differed from the defaults and the
 intensity normalisation as prose: :func:`read_config` reads both and returns the
-format-2 shape (format 1's ``model_args`` as stored).
+format-2 shape (format 1's ``model_args`` as stored). An optional ``"affine_model"``
+(both formats) names the affine stage a deformable model was trained after (e.g.
+``affine_micro.synth_brain``); ``transreg register`` uses it for its learned affine stage.
 
 This module reads and writes files; :func:`transreg.zoo.factory.load_checkpoint` builds
 the model. Every failure raises one :class:`CheckpointError` subclass (a ``ValueError``)
@@ -147,13 +149,16 @@ def build_config(model: nn.Module, preprocessing: Mapping[str, Any] | Preprocess
         )
     if preprocessing is None:
         preprocessing = getattr(model, "preprocessing", None)
-    return {
+    config = {
         "architecture": architecture,
         "model_args": jsonable(dict(init_args), "model_args"),
         "preprocessing": _preprocessing(preprocessing),
         "transreg_version": __version__,
         "format_version": FORMAT_VERSION,
     }
+    if getattr(model, "affine_model", None) is not None:  # the affine stage it was trained after
+        config["affine_model"] = str(model.affine_model)
+    return config
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -253,15 +258,24 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if config["format_version"] >= 2 and (not isinstance(sha, str) or len(sha) != 64):
         raise CheckpointError(f"{path}: format 2 needs weights_sha256, the sha256 of {WEIGHTS_NAME}")
     config.setdefault("weights_sha256", None)
+    affine_model = config.setdefault("affine_model", None)
+    if affine_model is not None and not isinstance(affine_model, str):
+        raise CheckpointError(f"{path}: affine_model must be a model name (a string), got {affine_model!r}")
     return config
 
 
 def _sniff_pickle(path: Path) -> str | None:
-    """'torch.save zip archive' / 'pickle' when ``path`` starts like one, else ``None``."""
+    """'torch.save zip archive' / 'pickle' when ``path`` starts like one, else ``None``.
+
+    A safetensors file (8-byte header length, then the JSON header ``{``) is never taken
+    for a pickle, even when its header length starts with the bytes of a pickle
+    protocol mark (a 1152-byte header starts ``80 04``)."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
     if head.startswith(b"PK\x03\x04"):
         return "torch.save zip archive"
+    if head[8:9] == b"{":
+        return None
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     return None

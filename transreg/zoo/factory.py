@@ -78,6 +78,7 @@ def load_checkpoint(folder: str | os.PathLike[str], *, expected_architecture: st
         raise CheckpointError(f"{folder}: its model_args do not fit {architecture!r}: {err}") from None
     load_weights(model, folder, config)
     model.preprocessing = dict(config["preprocessing"])
+    model.affine_model = config["affine_model"]  # the affine stage it was trained after, or None
     return model.eval()
 
 

@@ -1,0 +1,190 @@
+"""Dice after the affine stage and seconds per pair for each affine mode of `transreg register`.
+
+Pairs: every ordered pair of the SynthSeg test subjects 10-12 (6 pairs), in native head
+position at 2 mm with T1-like synthetic intensities (as ``evaluate/build_data.py`` makes
+them, fixed seed per subject), in two variants: whole heads (every label, extra-cerebral
+tissue included) and skull-stripped brains (aseg labels < 100). Each pair is run as given
+("native") and with the moving image rotated by 30° about a random axis through its
+centre (its header moved: the voxels are untouched; one seeded axis per pair).
+
+For each mode (none, classic, learned, learned+classic) `transreg.register(...,
+affine=MODE, affine_only=True)` runs on the pair; Dice is the mean over the 30 aseg
+evaluation structures of the moving labels warped (nearest) by the affine stage against
+the fixed labels; "seconds" is the report's affine-stage time (model loading included).
+A pair *fails* when its Dice after the affine stage is below the unregistered Dice of the
+native pair (moving labels resampled onto the fixed grid by the identity world map).
+
+    OMP_NUM_THREADS=2 python evaluate/affine_modes.py [--affine-model runs/affine_micro/staged]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "evaluate"))
+
+from build_data import T1Priors, _load_int, _subject_seed, _subsample_and_crop, synthesise  # noqa: E402
+
+import transreg  # noqa: E402
+from transreg.data.affine_pairs import BRAIN_LABEL_LIMIT  # noqa: E402
+from transreg.metrics import aseg_eval_labels, dice, structure_mean  # noqa: E402
+from transreg.registration.io import Image  # noqa: E402
+from transreg.registration.preprocess import Grid, coordinates, sample, voxel_map  # noqa: E402
+
+MODES = ("none", "classic", "learned", "learned+classic")
+SUBJECTS = ("10", "11", "12")
+ROTATION_DEG = 30.0
+TIE_DICE = 0.005  # the default mode: the fastest of those within this of the best mean Dice (native pairs)
+COMMAND = "OMP_NUM_THREADS=2 python evaluate/affine_modes.py"
+
+
+def subject(labels_dir: Path, priors: T1Priors, name: str, variant: str) -> tuple[Image, Image]:
+    """``(image, labels)`` of SynthSeg subject ``name`` at 2 mm, native position."""
+    labels, affine = _load_int(labels_dir / f"training_seg_{name}.nii.gz")
+    if variant == "brain":
+        labels[labels >= BRAIN_LABEL_LIMIT] = 0
+    (labels, classes), affine = _subsample_and_crop([labels, priors.class_map(labels)], affine, labels > 0, 2)
+    image = synthesise(classes, priors, _subject_seed(f"synthseg_{name}_{variant}"))
+    return (Image(image.astype(np.float32), affine, f"{name}_{variant}"),
+            Image(labels.astype(np.int16), affine, f"{name}_{variant}_labels"))
+
+
+def rotated(image: Image, axis: np.ndarray, degrees: float) -> Image:
+    """``image`` with its header rotated by ``degrees`` about ``axis`` through its centre."""
+    from scipy.spatial.transform import Rotation
+
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+    centre = image.affine[:3, :3] @ ((np.asarray(image.shape) - 1) / 2) + image.affine[:3, 3]
+    turn[:3, 3] = centre - turn[:3, :3] @ centre
+    return Image(image.data, turn @ image.affine, image.name)
+
+
+def aseg_dice(moving_labels: np.ndarray, fixed_labels: np.ndarray) -> float:
+    return structure_mean(dice(moving_labels, fixed_labels, labels=aseg_eval_labels()))
+
+
+def unregistered(moving: Image, fixed: Image) -> np.ndarray:
+    """Moving labels on the fixed grid through the identity world map (nearest)."""
+    coords = coordinates(voxel_map(Grid.of(fixed), Grid.of(moving)), fixed.shape)
+    data = torch.as_tensor(moving.data.astype(np.int64))[None, None].float()
+    return sample(data, coords, mode="nearest")[0, 0].numpy().astype(np.int64)
+
+
+def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> dict:
+    priors = T1Priors(labels_dir)
+    rng = np.random.default_rng(20)
+    rows = []
+    for variant in ("head", "brain"):
+        data = {s: subject(labels_dir, priors, s, variant) for s in SUBJECTS}
+        for m in SUBJECTS:
+            for f in SUBJECTS:
+                if m == f:
+                    continue
+                (moving, moving_labels), (fixed, fixed_labels) = data[m], data[f]
+                base = aseg_dice(unregistered(moving_labels, fixed_labels), fixed_labels.data)
+                axis = rng.normal(size=3)
+                for rotation in (0.0, ROTATION_DEG):
+                    mov, mov_labels = (rotated(moving, axis, rotation), rotated(moving_labels, axis, rotation)) \
+                        if rotation else (moving, moving_labels)
+                    row = {"variant": variant, "moving": m, "fixed": f, "rotation_deg": rotation,
+                           "dice_unregistered_native": round(base, 4)}
+                    for mode in modes:
+                        if mode == "none":
+                            row["dice_none"] = round(aseg_dice(unregistered(mov_labels, fixed_labels), fixed_labels.data), 4)
+                            continue
+                        start = time.perf_counter()
+                        result = transreg.register(mov, fixed, affine=mode, affine_only=True, affine_model=affine_model,
+                                                   moving_labels=mov_labels, fixed_labels=fixed_labels, device="cpu")
+                        row[f"wall_{mode}"] = round(time.perf_counter() - start, 3)
+                        row[f"dice_{mode}"] = round(aseg_dice(result.warped_labels.data, fixed_labels.data), 4)
+                        row[f"seconds_{mode}"] = result.report["runtime_s"]["affine"]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    return {"rows": rows, "summary": summarise(rows, modes)}
+
+
+def summarise(rows: list[dict], modes: tuple[str, ...]) -> dict:
+    summary = {}
+    for variant in ("head", "brain", "all"):
+        for rotation in (0.0, ROTATION_DEG):
+            chosen = [r for r in rows if (variant == "all" or r["variant"] == variant) and r["rotation_deg"] == rotation]
+            entry = {}
+            for mode in modes:
+                values = np.array([r[f"dice_{mode}"] for r in chosen])
+                entry[mode] = {"dice_mean": round(float(values.mean()), 4), "dice_std": round(float(values.std()), 4),
+                               "failures": int(sum(r[f"dice_{mode}"] < r["dice_unregistered_native"] for r in chosen))}
+                if mode != "none":
+                    seconds = np.array([r[f"seconds_{mode}"] for r in chosen])
+                    entry[mode]["seconds_median"] = round(float(np.median(seconds)), 3)
+            summary[f"{variant}/rot{int(rotation)}"] = entry
+    return summary
+
+
+def default_mode(summary: dict) -> tuple[str, str]:
+    """The mode with the best mean Dice on the native pairs (heads and brains), or the
+    fastest within :data:`TIE_DICE` of it; and the sentence that says why."""
+    native = summary["all/rot0"]
+    timed = [m for m in native if m != "none"]
+    best = max(native[m]["dice_mean"] for m in timed)
+    close = [m for m in timed if native[m]["dice_mean"] >= best - TIE_DICE]
+    chosen = min(close, key=lambda m: native[m]["seconds_median"])
+    return chosen, (f"best mean Dice on the native test pairs {best:.3f}; modes within {TIE_DICE}: "
+                    f"{', '.join(close)}; the fastest of them: {chosen}")
+
+
+def write_page(results: dict, out: Path, command: str) -> None:
+    """``out/README.md``: the command, the table per variant and rotation, the default mode."""
+    lines = ["# Affine modes of `transreg register`\n", f"```bash\n{command}\n```\n",
+             __doc__.split("\n\n", 1)[1].split("\n    OMP")[0].strip() + "\n",
+             f"Affine model: `{results['affine_model'] or 'the zoo default'}`; {results['threads']} threads; "
+             f"measured under load (load average {results['load_average'][0]:.1f} on 2 cores shared with "
+             "training runs): seconds are upper bounds.\n",
+             "| pairs | moving rotated | mode | Dice mean ± std | failures (of 6) | median s |",
+             "|---|---:|---|---:|---:|---:|"]
+    for key, entry in results["summary"].items():
+        variant, rotation = key.split("/")
+        for mode, row in entry.items():
+            seconds = f"{row['seconds_median']:.2f}" if "seconds_median" in row else "–"
+            failures = row["failures"] if variant != "all" else f"{row['failures']} (of 12)"
+            lines.append(f"| {variant} | {rotation[3:]}° | {mode} | {row['dice_mean']:.3f} ± {row['dice_std']:.3f} | "
+                         f"{failures} | {seconds} |")
+    chosen, why = default_mode(results["summary"])
+    lines += ["", f"Default mode (`DEFAULT_AFFINE_MODE`): **{chosen}** ({why}).", "",
+              "Per-pair numbers: `affine_modes.json`."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, default=REPO.parent / "shared" / "data" / "synthseg_labelmaps")
+    parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "affine_v1")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--affine-model", default=None,
+                        help="affine network of the learned modes (default: the zoo's affine checkpoint)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    results = run(args.labels, tuple(args.modes), args.affine_model)
+    results["affine_model"] = args.affine_model
+    results["threads"] = torch.get_num_threads()
+    results["load_average"] = os.getloadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "affine_modes.json").write_text(json.dumps(results, indent=1) + "\n")
+    command = COMMAND + (f" --affine-model {args.affine_model}" if args.affine_model else "")
+    write_page(results, args.out, command)
+    for key, entry in results["summary"].items():
+        print(key, json.dumps(entry))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
