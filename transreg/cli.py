@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
-COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "train", "finetune", "evaluate", "compare")
+COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "release", "train", "finetune", "evaluate", "compare")
 
 
 class CommandError(Exception):
@@ -25,13 +27,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like Ctrl-C (temporary outputs are cleaned up on the way out)."""
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> str:
+    return f"transreg: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Errors print one line (exit 2); Ctrl-C or SIGTERM prints one line
+    and exits 130 (a command's temporary outputs are removed on the way out)."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as err:
+        print(f"transreg {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except (CommandError, ValueError, FileNotFoundError, PermissionError, KeyError) as err:
         print(f"transreg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "card_from_config",
     "card_text_for",
     "check_zoo_cards",
+    "check_hub_metadata",
     "format_axes",
 ]
 
@@ -342,6 +343,20 @@ def card_text_for(config: Mapping[str, Any], card: Any, num_parameters: int | No
             f"card must be None, an EvalResult or a list of them, a ModelCard or the card text; got {type(card).__name__}"
         )
     return render_card(card_from_config(config, card, num_parameters=num_parameters))
+
+
+def check_hub_metadata(text: str, require_metrics: bool = False) -> None:
+    """Validate a card's front matter with huggingface_hub's model-card parser (the checks the
+    Hub applies to ``model-index``: tasks, datasets and metrics with their types and values);
+    with ``require_metrics`` a card without any evaluation is refused too. Raises :class:`CardError`."""
+    from huggingface_hub import ModelCard as HubModelCard
+
+    try:
+        data = HubModelCard(text).data
+    except ValueError as err:
+        raise CardError(f"the card's Hub metadata is invalid: {err}") from None
+    if require_metrics and not getattr(data, "eval_results", None):
+        raise CardError("the card's Hub metadata has no model-index metrics (evaluate the checkpoint first)")
 
 
 def check_zoo_cards(tags: Iterable[Any], cards_dir: str | Path) -> list[str]:

@@ -29,6 +29,9 @@ __all__ = [
     "list_architectures",
     "list_pretrained",
     "split_model_name",
+    "register_alias",
+    "alias_of",
+    "list_aliases",
     "VERSION_PATTERN",
 ]
 
@@ -36,6 +39,7 @@ VERSION_PATTERN = r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
 
 _ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
 _PRETRAINED: dict[str, dict[str, "PretrainedTag"]] = {}  # arch.tag -> version -> entry
+_ALIASES: dict[str, tuple[str, str]] = {}  # old arch.tag -> (current arch.tag, reason)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,23 @@ def register_pretrained(entry: PretrainedTag) -> PretrainedTag:
         raise ValueError(f"{entry.versioned_name} is registered twice with different contents")
     versions[entry.version] = entry
     return entry
+
+
+def register_alias(old: str, target: str, reason: str) -> None:
+    """Register ``old`` (a renamed or retired ``arch.tag``) as an alias of ``target``."""
+    if _ALIASES.get(old, (target, reason)) != (target, reason):
+        raise ValueError(f"alias {old!r} is registered twice with different targets")
+    _ALIASES[old] = (target, reason)
+
+
+def alias_of(name: str) -> tuple[str, str] | None:
+    """``(target, reason)`` when ``name`` (``arch.tag``, without a version) is an alias, else ``None``."""
+    return _ALIASES.get(name)
+
+
+def list_aliases() -> dict[str, tuple[str, str]]:
+    """Every alias: old ``arch.tag`` → (current ``arch.tag``, reason)."""
+    return dict(sorted(_ALIASES.items()))
 
 
 def split_model_name(name: str) -> tuple[str, str | None, str | None]:
