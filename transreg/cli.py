@@ -32,8 +32,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
-def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> str:
-    return f"transreg: warning: {message}\n"
+def _show_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
+    """Warnings (e.g. a deprecated model name) as one line on stderr."""
+    print(f"transreg: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,9 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     and exits 130 (a command's temporary outputs are removed on the way out)."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    format_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         print(f"transreg {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
@@ -52,7 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

@@ -256,6 +256,9 @@ def _resolve_tag(source: ModelSource, tag: PretrainedTag, force_download: bool) 
         if state == "ok":
             raise HubError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit), so there is "
                            f"nothing to download; its shipped copy {shipped} is intact (sha256 {tag.sha256})")
+        if state == "none":
+            raise CheckpointError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit) and "
+                                  "the package ships no copy: it must be published first (`transreg release`)")
         problem = (f"its shipped copy {shipped} is corrupted (the sha256 of {WEIGHTS_NAME} is not the pinned "
                    f"{tag.sha256})" if state == "corrupted" else f"its shipped copy {shipped} is missing")
         raise CheckpointError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit) and "

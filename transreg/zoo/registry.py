@@ -48,7 +48,8 @@ class PretrainedTag:
 
     ``sha256`` is the digest of ``model.safetensors``; ``revision`` a commit sha (the
     commit that the version tag ``version`` points to), or ``None`` for a version not yet
-    pushed to the Hub: such a version loads only from its shipped copy. ``local_path``
+    pushed to the Hub: such a version loads only from its shipped copy, or waits in a
+    release folder (``extra["folder"]``) for ``transreg release``. ``local_path``
     (relative to the ``transreg`` package folder) is a copy shipped inside the package,
     used before any download.
     """
@@ -63,9 +64,9 @@ class PretrainedTag:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.revision is None and not self.local_path:
+        if self.revision is None and not (self.local_path or self.extra.get("folder")):
             raise ValueError(f"pretrained tag {self.arch}.{self.tag}: revision None (not pushed to the Hub yet) "
-                             "needs local_path, the copy shipped in the package")
+                             "needs local_path (the copy shipped in the package) or a release folder")
         checks = (
             ("version", self.version, VERSION_PATTERN, "vMAJOR.MINOR.PATCH"),
             *((("revision", self.revision, r"[0-9a-f]{40}", "a 40-hex commit sha"),) if self.revision is not None else ()),
