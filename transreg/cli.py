@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
-        print(f"transreg {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"transreg {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except (CommandError, ValueError, FileNotFoundError, PermissionError, KeyError) as err:
         print(f"transreg {args.command}: error: {err}", file=sys.stderr)
