@@ -51,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
         spacing = expected["spacing"]
         overrides["data.spacing"] = list(spacing) if isinstance(spacing, (list, tuple)) else [spacing] * model.ndim
     config = resolve_config(args.recipe, overrides, args.resume)
-    return fit(config, args.resume, model=model)
+    return fit(config, args.resume, model=model, recipe=args.recipe)

@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "seed": "run.seed",
     "out": "run.out",
     "device": "run.device",
+    "threads": "run.threads",
 }
 
 
@@ -43,6 +44,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="32, bf16-mixed or 16-mixed")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (default 0: the cores not busy when the run starts; 1 on a busy machine)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
 
 
@@ -91,4 +94,4 @@ def fit(config: TrainConfig, resume: bool, **trainer_args: Any) -> int:
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args.recipe, flag_overrides(args), args.resume)
-    return fit(config, args.resume)
+    return fit(config, args.resume, recipe=args.recipe)

@@ -32,6 +32,7 @@ __all__ = [
     "check_zoo_cards",
     "check_hub_metadata",
     "format_axes",
+    "public_source",
 ]
 
 # metric key -> (column title, description); the keys are the model-index metric types
@@ -111,6 +112,21 @@ def format_axes(value: Any, unit: str = "") -> str:
     else:
         text = str(value)
     return f"{text} {unit}".rstrip()
+
+
+def public_source(text: str) -> str:
+    """A data or checkpoint name fit for a published card: an absolute path (after any
+    ``scheme:`` prefix such as ``synthetic:labels:`` or ``local-dir:``) keeps only its last
+    component, so no user's folder layout is published; other names are kept."""
+    prefix, path = "", text
+    while ":" in path and not Path(path).is_absolute():
+        head, _, rest = path.partition(":")
+        if not head.replace("-", "").replace("_", "").isalnum():
+            break
+        prefix, path = prefix + head + ":", rest
+    if Path(path).expanduser().is_absolute():
+        return prefix + (Path(path).expanduser().name or path)
+    return text
 
 
 def _load_name(card: ModelCard) -> str:
