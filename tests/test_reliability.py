@@ -168,3 +168,24 @@ def test_evaluate_summary_is_titled_evaluate(pairs_csv, tmp_path, capsys):  # no
     assert main(["evaluate", "--model", "identity", "--data", str(pairs_csv), "-o", str(out), "--device", "cpu",
                  "--no-progress", "--no-warmup"]) == 0
     assert (out / "summary.md").read_text().splitlines()[0] == f"# transreg evaluate — {pairs_csv.name}"
+
+
+@pytest.mark.parametrize("script", ["build_data.py", "make_sample_pair.py"])
+def test_data_scripts_without_the_shared_data_say_so_in_one_line(tmp_path, script):
+    before = sorted(p.name for p in (REPO / "transreg/assets/sample").iterdir())
+    done = subprocess.run([sys.executable, str(REPO / "evaluate" / script), "--data", str(tmp_path / "no_shared"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    err = one_line(done.stderr)
+    assert str(tmp_path / "no_shared") in err and "does not exist" in err and "--data" in err
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (REPO / "transreg/assets/sample").iterdir()) == before
+
+
+def test_help_texts_show_no_markup(capsys):
+    for command in ("finetune", "train", "release"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text and ":data:" not in text and ":func:" not in text, command
