@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="common-space grid in voxels (default 96 112 96 at 2 mm, 192 224 192 at 1 mm)")
     parser.add_argument("--device", default="cpu", help="device of the affine stage (cpu, cuda)")
     args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        sys.exit(f"build_data: the label-map folder {args.data.resolve()} does not exist (the shared data, "
+                 "../shared/data beside the repository, see its README); give its place with --data")
     start = time.perf_counter()
     chosen = build(args.data, args.out, args.spacing, args.subjects, not args.no_aligned, args.aligned_size,
                    args.device)

@@ -16,12 +16,14 @@ blur, a smooth multiplicative bias field and noise. The intensities are syntheti
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {"moving": ("training_seg_10.nii.gz", 10), "fixed": ("training_seg_11.nii.gz", 11)}
 MARGIN = 3
 
@@ -71,9 +73,15 @@ def save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/synthseg_labelmaps"))
-    parser.add_argument("--out", type=Path, default=Path("transreg/assets/sample"))
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/synthseg_labelmaps")
+    parser.add_argument("--out", type=Path, default=REPO / "transreg/assets/sample")
     args = parser.parse_args()
+    missing = [name for name, _ in SUBJECTS.values() if not (args.data / name).exists()] if args.data.is_dir() else None
+    if missing is None or missing:
+        what = f"{args.data.resolve()} does not exist" if missing is None else \
+            f"{args.data.resolve()} lacks {', '.join(missing)}"
+        sys.exit(f"make_sample_pair: {what} (the SynthSeg label maps of the shared data, ../shared/data beside the "
+                 "repository); give their folder with --data")
     args.out.mkdir(parents=True, exist_ok=True)
     for role, (name, seed) in SUBJECTS.items():
         labels, affine = load_labels(args.data / name)

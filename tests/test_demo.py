@@ -129,7 +129,7 @@ def test_shipped_checkpoint_beats_the_affine_stage_offline(name, tmp_path, monke
 
 
 def test_unpublished_tag_needs_its_shipped_copy(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="needs local_path"):
+    with pytest.raises(ValueError, match="needs local_path \\(the copy shipped in the package\\) or a release folder"):
         registry.PretrainedTag(arch="voxelmorph1", tag="x", hf_hub_id="a/b", version="v1.0.0", revision=None,
                                sha256="0" * 64)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

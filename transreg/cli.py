@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
-COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "train", "finetune", "evaluate", "compare")
+COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "release", "train", "finetune", "evaluate", "compare")
 
 
 class CommandError(Exception):
@@ -25,13 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop like Ctrl-C (temporary outputs are cleaned up on the way out)."""
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _show_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
+    """Warnings (e.g. a deprecated model name) as one line on stderr."""
+    print(f"transreg: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Errors print one line (exit 2); Ctrl-C or SIGTERM prints one line
+    and exits 130 (a command's temporary outputs are removed on the way out)."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as err:
+        print(f"transreg {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return 130
     except (CommandError, ValueError, FileNotFoundError, PermissionError, KeyError) as err:
         print(f"transreg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     evaluation, written = compare([args.model], args.data, args.out, baselines=False, ants=False,
                                   labels=args.labels, device=args.device, title=args.title,
                                   command=command_string(), progress=not args.no_progress,
-                                  warmup=not args.no_warmup)
+                                  warmup=not args.no_warmup, subcommand="evaluate")
     report(evaluation.summary, written)
     return 0

@@ -1,13 +1,4 @@
-"""``transreg finetune``: continue training a trained checkpoint on new data.
-
-``transreg finetune --from NAME_OR_FOLDER --data DIR_OR_CSV -o OUT/ [--freeze-encoder]
-[--lr 1e-5] [--steps N] [--recipe RECIPE.yaml] [--set key=value ...]``
-
-``--from`` is a registry tag (``transmorph_small.synth_brain``), an ``hf-hub:`` id or a
-checkpoint folder. The data are preprocessed as the checkpoint expects (its recorded
-size and spacing) unless ``--size`` / ``--set data.spacing=...`` say otherwise. The
-default learning rate is 1e-5 (a tenth of the usual 1e-4).
-"""
+"""``transreg finetune``: continue training a trained checkpoint on new data (see :data:`DESCRIPTION`)."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +7,21 @@ from .train import add_common_arguments, fit, flag_overrides, resolve_config
 
 DEFAULT_LR = 1e-5
 DEFAULT_STEPS = 1000
+#: the help text (plain text: argparse prints it as written)
+DESCRIPTION = f"""Continue training a trained checkpoint on new data.
+
+  transreg finetune --from NAME_OR_FOLDER --data DIR_OR_CSV -o OUT/ [--freeze-encoder]
+                    [--lr 1e-5] [--steps N] [--recipe RECIPE.yaml] [--set key=value ...]
+
+--from is a zoo tag (e.g. transmorph_micro.synth_brain), hf-hub:ORG/NAME[@VERSION] or a
+checkpoint folder. The data are preprocessed as the checkpoint expects (its recorded size
+and spacing) unless --size / --set data.spacing=... say otherwise. Without --recipe the
+learning rate is {DEFAULT_LR:g} (a tenth of the usual 1e-4) and the run takes {DEFAULT_STEPS} steps."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a trained checkpoint on a folder/CSV of NIfTI images",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="source", required=True, metavar="NAME_OR_FOLDER",
                    help="registry tag, hf-hub:org/name[@version] or checkpoint folder")
     p.add_argument("--out", "-o", required=True, help="run folder")
@@ -52,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
         spacing = expected["spacing"]
         overrides["data.spacing"] = list(spacing) if isinstance(spacing, (list, tuple)) else [spacing] * model.ndim
     config = resolve_config(args.recipe, overrides, args.resume)
-    return fit(config, args.resume, model=model)
+    return fit(config, args.resume, model=model, recipe=args.recipe)

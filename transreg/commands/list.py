@@ -1,10 +1,16 @@
-"""``transreg list``: architectures (or trained checkpoints) with parameter counts."""
+"""``transreg list``: architectures (or trained checkpoints) with parameter counts.
+
+``--pretrained`` lists every version of every zoo entry from the zoo index: name,
+version, parameters, headline Dice (the first evaluation of its card), weights size and
+where loading it takes the weights from (package, cache or Hub), then the aliases of
+renamed or retired tags.
+"""
 from __future__ import annotations
 
 import argparse
 
 from ..zoo.factory import create_model, list_models
-from ..zoo.registry import pretrained_versions
+from ..zoo.registry import PretrainedTag, list_aliases, pretrained_versions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,12 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     width = max(len(n) for n in names)
     if args.pretrained:
-        print(f"{'name':<{width}}  {'version':<8}  source")
-        for name in names:
-            for tag in pretrained_versions(name):
-                where = "bundled, " if tag.local_path else ""
-                hub = f"({tag.revision[:12]})" if tag.revision else "(not pushed to the Hub yet)"
-                print(f"{name:<{width}}  {tag.version:<8}  {where}hf-hub:{tag.hf_hub_id}@{tag.version} {hub}")
+        print_pretrained(names, width)
         return 0
     print(f"{'name':<{width}}  {'params (' + str(args.ndim) + '-D)':>16}")
     for name in names:
@@ -36,3 +37,35 @@ def run(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in model.parameters())
         print(f"{name:<{width}}  {params:>16,}")
     return 0
+
+
+def _headline(tag: PretrainedTag) -> tuple[str, str]:
+    """(Dice, dataset) of the first evaluation the index records for ``tag``."""
+    for ev in tag.extra.get("evaluations", []):
+        if "dice" in ev.get("metrics", {}):
+            return f"{ev['metrics']['dice']:.3f}", ev["dataset"]
+    return "n/a", ""
+
+
+def print_pretrained(names: list[str], width: int) -> None:
+    """The table of ``transreg list --pretrained``."""
+    from ..zoo import index
+    from ..zoo.hub import location
+
+    print(f"{'name':<{width}}  {'version':<8}  {'parameters':>10}  {'Dice':>5}  {'size':>8}  from")
+    datasets: list[str] = []
+    for name in names:
+        for tag in pretrained_versions(name):
+            dice, dataset = _headline(tag)
+            if dataset and dataset not in datasets:
+                datasets.append(dataset)
+            params = f"{tag.extra['parameters']:,}" if "parameters" in tag.extra else "?"
+            size = f"{tag.extra['size'] / 1e6:.1f} MB" if "size" in tag.extra else "?"
+            where = location(tag)
+            hub = f" (hf-hub:{tag.hf_hub_id}, commit {tag.revision[:12]})" if tag.revision else " (not on the Hub yet)"
+            default = ", default" if name == index.DEFAULT_CHECKPOINT and tag == pretrained_versions(name)[-1] else ""
+            print(f"{name:<{width}}  {tag.version:<8}  {params:>10}  {dice:>5}  {size:>8}  {where}{hub}{default}")
+    for old, (target, reason) in list_aliases().items():
+        print(f"{old} → {target} (deprecated alias: {reason})")
+    if datasets:
+        print("Dice: " + "; ".join(datasets))

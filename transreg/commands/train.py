@@ -1,10 +1,4 @@
-"""``transreg train``: train any registry model from a recipe and/or flags.
-
-``transreg train [RECIPE.yaml] [--set key=value ...] [--model ...] [--data ...] [--size ...]
-[--steps ...] [--batch-size ...] [--lr ...] [--precision ...] [--seed ...] [--out ...]
-[--resume]``; under ``torchrun --nproc_per_node N -m transreg train ...`` it trains with
-DDP. Flags override the recipe, ``--set`` overrides both.
-"""
+"""``transreg train``: train any registry model from a recipe and/or flags (see :data:`DESCRIPTION`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set
+
+#: the help text (plain text: argparse prints it as written)
+DESCRIPTION = """Train any registry model from a recipe and/or flags.
+
+  transreg train [RECIPE.yaml] [--set key=value ...] [--model ...] [--data ...] [--size ...]
+                 [--steps ...] [--batch-size ...] [--lr ...] [--precision ...] [--seed ...]
+                 [--threads N] [--out ...] [--resume]
+
+Flags override the recipe, --set overrides both. Under
+torchrun --nproc_per_node N -m transreg train ... it trains with DDP."""
 
 #: flag → config key (flags left unset do not override the recipe)
 FLAG_KEYS = {
@@ -27,6 +31,7 @@ FLAG_KEYS = {
     "seed": "run.seed",
     "out": "run.out",
     "device": "run.device",
+    "threads": "run.threads",
 }
 
 
@@ -43,12 +48,14 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="32, bf16-mixed or 16-mixed")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (default 0: the cores not busy when the run starts; 1 on a busy machine)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (any registry architecture) from a recipe and/or flags",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="a YAML recipe, e.g. train/configs/transmorph_tiny_shapes2d.yaml")
     p.add_argument("--model", help="architecture name, e.g. transmorph_tiny")
     p.add_argument("--out", "-o", help="run folder (checkpoints, metrics, final checkpoint)")
@@ -91,4 +98,4 @@ def fit(config: TrainConfig, resume: bool, **trainer_args: Any) -> int:
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args.recipe, flag_overrides(args), args.resume)
-    return fit(config, args.resume)
+    return fit(config, args.resume, recipe=args.recipe)

@@ -34,14 +34,15 @@ def _device(device: str | torch.device | None) -> torch.device:
 def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselines: bool = True,
             ants: bool | None = None, labels: str = "aseg30", device: str | torch.device | None = None,
             title: str | None = None, command: str = "", progress: bool = True,
-            warmup: bool = True) -> tuple[Evaluation, dict[str, Path]]:
+            warmup: bool = True, subcommand: str = "compare") -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate ``models`` (names as given; ``identity``/``affine``/``ants`` are the
     baselines) on the pairs CSV ``data`` and write the results into ``out``.
 
     ``baselines``: prepend identity and affine (if not named). ``ants``: add ANTs SyN
     (``None``: when antspyx is importable, else a note in the table). ``labels``:
     ``aseg30``, ``all`` or a comma list. Raises before any work for a bad CSV, label
-    spec, device or output folder.
+    spec, device or output folder. ``subcommand`` (``compare`` or ``evaluate``) names the
+    default title.
     """
     from ..registration.outputs import check_output_dir
 
@@ -62,7 +63,7 @@ def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselin
     evaluation.notes[:0] = notes
     untrained = [r["method"] for r in evaluation.summary if r["trained"] is False]
     if title is None:
-        title = f"transreg compare — {Path(data).name}"
+        title = f"transreg {subcommand} — {Path(data).name}"
         if untrained:
             title += f" — untrained weights: {', '.join(untrained)}"
     if untrained:

@@ -1,8 +1,10 @@
 """Output folders that never hold half-written results.
 
 Files are written into a temporary folder inside the output folder and moved into place
-only when every one of them succeeded; on failure nothing is left behind (and a folder
-that did not exist before is removed again).
+only when every one of them succeeded; on failure or interruption (Ctrl-C, SIGTERM)
+nothing is left behind (and a folder that did not exist before is removed again). A
+rerun into the same folder replaces the whole set of outputs: files of the set that the
+new run does not write are removed.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 __all__ = ["OutputError", "check_output_dir", "write_atomically"]
 
@@ -19,13 +21,23 @@ class OutputError(ValueError):
     """The output folder cannot be written."""
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a folder can really be created in ``folder`` (permission bits are not enough:
+    root, read-only mounts, ACLs); the probe is removed again."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".transreg-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
 def check_output_dir(out: Path) -> bool:
     """Raise :class:`OutputError` unless ``out`` is (or can be created as) a writable
-    folder; returns whether it does not exist yet. Creates nothing."""
+    folder; returns whether it does not exist yet. Leaves nothing behind."""
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"output folder {out} exists and is not a folder")
-        if not os.access(out, os.W_OK | os.X_OK):
+        if not _can_create_in(out):
             raise OutputError(f"output folder {out} is not writable")
         return False
     parent = out.parent
@@ -33,15 +45,17 @@ def check_output_dir(out: Path) -> bool:
         parent = parent.parent
     if not parent.is_dir():
         raise OutputError(f"cannot create output folder {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _can_create_in(parent):
         raise OutputError(f"cannot create output folder {out}: {parent} is not writable")
     return True
 
 
-def write_atomically(out: str | os.PathLike[str], write: Callable[[Path], list[str]]) -> dict[str, Path]:
+def write_atomically(out: str | os.PathLike[str], write: Callable[[Path], list[str]],
+                     output_set: Iterable[str] = ()) -> dict[str, Path]:
     """Call ``write(tmp)`` (which writes files into ``tmp`` and returns their names), then
-    move those files into ``out`` → ``{name: path}``. ``OSError`` s become
-    :class:`OutputError`; any failure leaves ``out`` as it was."""
+    move those files into ``out`` → ``{name: path}`` and remove the files of ``output_set``
+    (every name such a write may produce) that this one did not write. ``OSError`` s become
+    :class:`OutputError`; any failure or interruption leaves ``out`` as it was."""
     out = Path(out)
     created = check_output_dir(out)
     try:
@@ -53,7 +67,9 @@ def write_atomically(out: str | os.PathLike[str], write: Callable[[Path], list[s
         names = write(tmp)
         for name in names:
             os.replace(tmp / name, out / name)
-    except Exception as err:
+        for stale in set(output_set) - set(names):
+            (out / stale).unlink(missing_ok=True)
+    except BaseException as err:  # KeyboardInterrupt (Ctrl-C, SIGTERM) too
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)

@@ -34,6 +34,8 @@ from .transform import Transform
 __all__ = ["register", "network_for", "ImageSource"]
 
 ImageSource = Union[str, "os.PathLike[str]", Image]  # a NIfTI path or a loaded image
+#: how far (mm, per affine entry) a label map's grid may be from its image's (float32 header rounding)
+GRID_TOLERANCE_MM = 1e-3
 
 
 # --------------------------------------------------------------------------- inputs
@@ -52,11 +54,20 @@ def _check_pair(moving: Image, fixed: Image, labels: Mapping[str, Image | None])
             "both must be 2-D or both 3-D"
         )
     for role, image in (("moving", moving), ("fixed", fixed)):
+        if image.data.size == 0 or np.ptp(image.data) == 0:
+            value = float(image.data.flat[0]) if image.data.size else 0.0
+            raise ImageError(f"{role} image {image.name} has one value everywhere ({value:g}): nothing to register")
         label_map = labels.get(role)
         if label_map is not None and label_map.shape != image.shape:
             raise ImageError(
                 f"{role} labels {label_map.name} have shape {label_map.shape} but the {role} image has shape "
                 f"{image.shape}; a label map must be on its image's grid"
+            )
+        if label_map is not None and not np.allclose(label_map.affine, image.affine, rtol=0, atol=GRID_TOLERANCE_MM):
+            worst = float(np.abs(label_map.affine - image.affine).max())
+            raise ImageError(
+                f"{role} labels {label_map.name} have the shape of the {role} image but another affine (entries "
+                f"differ by up to {worst:.3g} mm: a shifted or rotated grid); a label map must be on its image's grid"
             )
 
 

@@ -39,7 +39,8 @@ class RegistrationResult:
         """Write every output into ``out_dir`` (created if needed) → ``{name: path}``.
 
         All files are written first and moved into place together: a failure leaves no
-        partial output behind (:func:`transreg.registration.outputs.write_atomically`).
+        partial output behind, and outputs of an earlier run that this one does not write
+        (e.g. ``warped_labels.nii.gz``) are removed (:func:`transreg.registration.outputs.write_atomically`).
         """
         def write(folder: Path) -> list[str]:
             start = time.perf_counter()
@@ -49,7 +50,7 @@ class RegistrationResult:
             (folder / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default) + "\n")
             return names + ["report.json"]
 
-        return write_atomically(out_dir, write)
+        return write_atomically(out_dir, write, OUTPUT_FILES)
 
     def _write(self, folder: Path) -> list[str]:
         from .overlay import save_overlay  # matplotlib only when writing

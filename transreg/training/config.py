@@ -112,6 +112,8 @@ class RunConfig:
     # (measured on an H200: transmorph_large's bf16 step 1.8 → 0.34 s; its default choice
     # for one weight gradient took 1.5 s)
     cudnn_benchmark: bool = True
+    # CPU threads: 0 = the cores not busy at start (transreg/training/threads.py), N = exactly N
+    threads: int = 0
 
 
 @dataclass
@@ -152,6 +154,7 @@ class TrainConfig:
         r, o, d, l = self.run, self.optim, self.data, self.loss
         check(r.precision in PRECISIONS, f"run.precision must be one of {', '.join(PRECISIONS)}, got {r.precision!r}")
         check(r.steps >= 1, f"run.steps must be >= 1, got {r.steps}")
+        check(r.threads >= 0, f"run.threads must be >= 0 (0: automatic), got {r.threads}")
         for key in ("log_every", "val_every", "ckpt_every", "keep_checkpoints"):
             check(getattr(r, key) >= 1, f"run.{key} must be >= 1, got {getattr(r, key)}")
         check(o.name in ("adam", "adamw"), f"optim.name must be adam or adamw, got {o.name!r}")

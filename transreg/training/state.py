@@ -1,16 +1,48 @@
 """A run's resumable state on disk: periodic checkpoint folders and random-number-generator states."""
 from __future__ import annotations
 
+import os
 import random
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["STATE_FILE", "checkpoint_dirs", "latest_checkpoint", "rng_state", "set_rng_state", "seed_everything"]
+__all__ = ["STATE_FILE", "checkpoint_dirs", "latest_checkpoint", "remove_stale_temporaries", "rng_state",
+           "set_rng_state", "seed_everything"]
 
 STATE_FILE = "training_state.pt"
+#: a checkpoint being written: ``checkpoints/.step_N.tmpPID`` or ``.final.tmpPID`` (renamed into place when done)
+_TEMPORARY = re.compile(r"\.(step_\d+|final)\.tmp(\d+)")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the half-written checkpoint folders a killed run left behind (those whose
+    writing process no longer runs) → the removed folders."""
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in sorted(folder.glob(".*.tmp*")) if folder.is_dir() else []:
+            match = _TEMPORARY.fullmatch(path.name)
+            if match and path.is_dir() and not _alive(int(match.group(2))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

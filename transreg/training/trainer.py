@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import build_datasets
 from ..data.sampler import StepBatchSampler
 from ..cpu_tuning import return_freed_memory
+from .threads import apply_threads
 from ..spatial import warp
 from .config import ConfigError, TrainConfig
 from .distributed import init_distributed
@@ -42,7 +43,8 @@ from .objective import build_loss
 from .precision import amp_settings
 from .runlog import RunLog
 from .schedules import lr_factor
-from .state import STATE_FILE, checkpoint_dirs, latest_checkpoint, rng_state, seed_everything, set_rng_state
+from .state import (STATE_FILE, checkpoint_dirs, latest_checkpoint, remove_stale_temporaries, rng_state,
+                    seed_everything, set_rng_state)
 
 __all__ = ["Trainer", "TrainingError"]
 
@@ -67,8 +69,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
                  train_data: Dataset | None = None, val_data: Dataset | None = None,
-                 callbacks: list[StepCallback] | None = None):
+                 callbacks: list[StepCallback] | None = None, recipe: str | None = None):
         self.config = config
+        self.recipe = recipe
         self.resume = resume
         self.callbacks = list(callbacks or [])
         self.run_dir = Path(config.run.out)
@@ -76,6 +79,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.step_lr = config.optim.lr
         self.dist, self.device = init_distributed(config.run.device)
+        self.threads = apply_threads(config.run.threads)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.run.cudnn_benchmark
         self.amp = amp_settings(config.run.precision, self.device.type)
@@ -185,28 +189,29 @@ class Trainer:
 
     def _draft_card(self) -> Any:
         """A draft zoo card: training summary and the latest validation Dice."""
-        from ..zoo.cards import EvalResult, card_from_config
+        from ..zoo.cards import EvalResult, card_from_config, public_source
         from ..zoo.checkpoint import build_config
 
         c = self.config
         evaluations = []
         if self.last_val.get("val_dice") is not None:
-            source = c.data.val or (f"{c.data.train} (held-out)")
+            source = public_source(c.data.val) if c.data.val else f"{public_source(c.data.train)} (held-out)"
             evaluations.append(EvalResult(dataset=f"validation: {source}", metrics={"dice": self.last_val["val_dice"]},
                                           split=f"{len(self.val_data)} pairs"))
         lines = [
             f"Draft card written by `transreg train` at step {self.step} of {c.run.steps}; edit before publishing.",
             "",
-            f"- data: `{c.data.train}`, size {c.data.size}, batch {c.data.batch_size} x {self.dist.world} process(es)",
+            f"- data: `{public_source(c.data.train)}`, size {c.data.size}, batch {c.data.batch_size} x {self.dist.world} process(es)",
             f"- loss: {c.loss.sim_weight} x {c.loss.similarity} + {c.loss.reg_weight} x {c.loss.regulariser}"
             + (f" + {c.loss.dice_weight} x Dice" if c.loss.dice_weight else ""),
             f"- optimiser: {c.optim.name}, lr {c.optim.lr}, schedule {c.optim.schedule}, precision {c.run.precision}",
-            f"- started from: {c.model.pretrained or 'random initialisation'}",
+            f"- started from: {public_source(c.model.pretrained) if c.model.pretrained else 'random initialisation'}",
             "- resolved recipe: `config.yaml` in the run folder",
         ]
         config = build_config(self.model, self._preprocessing())
         return card_from_config(config, evaluations, name=c.model.name,
                                 summary="Trained with the transreg trainer (draft card).",
+                                recipe=public_source(self.recipe) if self.recipe else None,
                                 extra_sections={"Training": "\n".join(lines)})
 
     def save_checkpoint(self) -> Path:
@@ -231,6 +236,9 @@ class Trainer:
     def _load_latest(self) -> None:
         from safetensors.torch import load_file
 
+        if self.dist.main:
+            for stale in remove_stale_temporaries(self.run_dir):
+                print(f"removed {stale}, a checkpoint a stopped run left half-written", file=sys.stderr)
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             if self.dist.main:

@@ -32,7 +32,9 @@ __all__ = [
     "card_from_config",
     "card_text_for",
     "check_zoo_cards",
+    "check_hub_metadata",
     "format_axes",
+    "public_source",
 ]
 
 # metric key -> (column title, description); the keys are the model-index metric types
@@ -118,6 +120,21 @@ def intensity_text(value: Any) -> str:
     """The intensity normalisation for people: a typed record (format 2) described, the
     prose of a format-1 card as written."""
     return describe_intensity(value) if isinstance(value, Mapping) else format_axes(value)
+
+
+def public_source(text: str) -> str:
+    """A data or checkpoint name fit for a published card: an absolute path (after any
+    ``scheme:`` prefix such as ``synthetic:labels:`` or ``local-dir:``) keeps only its last
+    component, so no user's folder layout is published; other names are kept."""
+    prefix, path = "", text
+    while ":" in path and not Path(path).is_absolute():
+        head, _, rest = path.partition(":")
+        if not head.replace("-", "").replace("_", "").isalnum():
+            break
+        prefix, path = prefix + head + ":", rest
+    if Path(path).expanduser().is_absolute():
+        return prefix + (Path(path).expanduser().name or path)
+    return text
 
 
 def _load_name(card: ModelCard) -> str:
@@ -350,6 +367,20 @@ def card_text_for(config: Mapping[str, Any], card: Any, num_parameters: int | No
             f"card must be None, an EvalResult or a list of them, a ModelCard or the card text; got {type(card).__name__}"
         )
     return render_card(card_from_config(config, card, num_parameters=num_parameters))
+
+
+def check_hub_metadata(text: str, require_metrics: bool = False) -> None:
+    """Validate a card's front matter with huggingface_hub's model-card parser (the checks the
+    Hub applies to ``model-index``: tasks, datasets and metrics with their types and values);
+    with ``require_metrics`` a card without any evaluation is refused too. Raises :class:`CardError`."""
+    from huggingface_hub import ModelCard as HubModelCard
+
+    try:
+        data = HubModelCard(text).data
+    except ValueError as err:
+        raise CardError(f"the card's Hub metadata is invalid: {err}") from None
+    if require_metrics and not getattr(data, "eval_results", None):
+        raise CardError("the card's Hub metadata has no model-index metrics (evaluate the checkpoint first)")
 
 
 def check_zoo_cards(tags: Iterable[Any], cards_dir: str | Path) -> list[str]:

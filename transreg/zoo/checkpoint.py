@@ -101,8 +101,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike[str], expected: str, what: str) -> str:
-    """Check the sha256 of ``path`` against ``expected``; ``what`` says where ``expected`` comes from.
+def verify_sha256(path: str | os.PathLike[str], expected: str, what: str, name: str = "NAME") -> str:
+    """Check the sha256 of ``path`` against ``expected``; ``what`` says where ``expected`` comes from,
+    ``name`` is the model name the error tells the user to pull again.
 
     Returns the digest. Raises :class:`ChecksumError` on a mismatch.
     """
@@ -110,7 +111,7 @@ def verify_sha256(path: str | os.PathLike[str], expected: str, what: str) -> str
     if actual != expected.lower():
         raise ChecksumError(
             f"sha256 of {path} is {actual}, expected {expected} ({what}): the file is corrupted or was "
-            f"modified; delete it (or run `transreg pull NAME --force`) to download it again"
+            f"modified; delete it (or run `transreg pull {name} --force`) to download it again"
         )
     return actual
 

@@ -30,10 +30,11 @@ from .checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     CheckpointError,
+    sha256_file,
     verify_sha256,
     weights_path,
 )
-from .registry import VERSION_PATTERN
+from .registry import VERSION_PATTERN, PretrainedTag
 from .sources import ModelSource
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
     "validate_version",
     "is_offline",
     "hub_api",
+    "location",
+    "is_cached",
+    "shipped_folder",
 ]
 
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -124,8 +128,10 @@ def hub_api(token: str | None = None) -> Any:
 
 # --- download and verify ----------------------------------------------------------------------
 
-def _download(repo_id: str, revision: str, force_download: bool = False) -> Path:
-    """The snapshot folder of ``repo_id`` at ``revision`` in the Hub cache (downloaded if needed)."""
+def _download(repo_id: str, revision: str, force_download: bool = False, what: str | None = None,
+              pull_name: str | None = None) -> Path:
+    """The snapshot folder of ``repo_id`` at ``revision`` in the Hub cache (downloaded if needed).
+    ``what`` names the checkpoint in errors, ``pull_name`` the name to give ``transreg pull``."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -134,7 +140,7 @@ def _download(repo_id: str, revision: str, force_download: bool = False) -> Path
     )
 
     offline = is_offline()
-    where = f"{repo_id}@{revision}"
+    where = what or f"{repo_id}@{revision}"
     if offline and force_download:
         raise NotCachedError(f"cannot download {where} again: offline mode (HF_HUB_OFFLINE=1) is on")
     try:
@@ -158,9 +164,44 @@ def _download(repo_id: str, revision: str, force_download: bool = False) -> Path
         )
         raise NotCachedError(
             f"cannot load {where}: {why} and this revision is not in the local cache {_cache_dir()}; "
-            f"download it once with network (`transreg pull hf-hub:{where}`)"
+            f"download it once with network (`transreg pull {pull_name or 'hf-hub:' + where}`)"
         ) from None
     return Path(folder)
+
+
+def shipped_folder(tag: PretrainedTag) -> Path | None:
+    """The folder of the copy of ``tag`` shipped in the package (``None`` if it ships none)."""
+    return Path(__file__).parent.parent / tag.local_path if tag.local_path else None
+
+
+def _shipped_state(tag: PretrainedTag) -> tuple[Path | None, str]:
+    """The shipped copy of ``tag`` and its state: ``none``, ``missing``, ``corrupted`` or ``ok``."""
+    folder = shipped_folder(tag)
+    if folder is None:
+        return None, "none"
+    if not (folder / WEIGHTS_NAME).is_file():
+        return folder, "missing"
+    return folder, "ok" if sha256_file(folder / WEIGHTS_NAME) == tag.sha256 else "corrupted"
+
+
+def is_cached(tag: PretrainedTag) -> bool:
+    """True when the weights of ``tag`` at its pinned commit are in the Hub cache (not verified here)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if tag.revision is None:
+        return False
+    found = try_to_load_from_cache(tag.hf_hub_id, WEIGHTS_NAME, cache_dir=_cache_dir(), revision=tag.revision)
+    return isinstance(found, str)
+
+
+def location(tag: PretrainedTag) -> str:
+    """Where loading ``tag`` takes its weights from: ``package`` (the shipped copy, same sha256),
+    ``cache`` (the Hub cache), ``Hub`` (a download) or ``unavailable``."""
+    if _shipped_state(tag)[1] == "ok":
+        return "package"
+    if tag.revision is None:
+        return "unavailable"
+    return "cache" if is_cached(tag) else "Hub"
 
 
 def _published_sha256(path: Path) -> str | None:
@@ -191,32 +232,46 @@ def resolve(source: ModelSource, force_download: bool = False) -> ResolvedCheckp
         weights_path(source.path)
         return ResolvedCheckpoint(source, source.path)
     tag = source.tag
-    if tag is not None and tag.local_path and not force_download:
-        bundled = Path(__file__).parent.parent / tag.local_path
-        if (bundled / WEIGHTS_NAME).is_file():
-            digest = verify_sha256(weights_path(bundled), tag.sha256, f"pinned by registry tag {tag.name}")
-            return ResolvedCheckpoint(source, bundled, tag.revision, digest, f"registry tag {tag.name}")
-    if tag is not None and tag.revision is None:
-        raise CheckpointError(
-            f"{tag.name} {tag.version} is not on the Hub yet (its registry tag pins no revision) and its shipped "
-            f"copy {Path(__file__).parent.parent / str(tag.local_path)} is missing: reinstall transreg"
-        )
+    if tag is not None:
+        return _resolve_tag(source, tag, force_download)
     assert source.repo_id is not None and source.revision is not None
     folder = _download(source.repo_id, source.revision, force_download)
     where = f"{source.repo_id}@{source.revision}"
     _require_files(folder, where)
     weights = weights_path(folder)
     published = _published_sha256(weights)
-    if tag is not None:
-        origin = f"pinned by registry tag {tag.name}"
-        digest = verify_sha256(weights, tag.sha256, origin)
-        if published is not None and published != tag.sha256:
-            raise CheckpointError(f"{where}: the Hub serves weights with sha256 {published}, {origin} is {tag.sha256}")
-        return ResolvedCheckpoint(source, folder, folder.name, digest, f"registry tag {tag.name}")
     if published is not None:
         digest = verify_sha256(weights, published, f"published by the Hub for {where}")
         return ResolvedCheckpoint(source, folder, folder.name, digest, "Hub LFS sha256")
     return ResolvedCheckpoint(source, folder, folder.name)
+
+
+def _resolve_tag(source: ModelSource, tag: PretrainedTag, force_download: bool) -> ResolvedCheckpoint:
+    """A zoo entry: its shipped copy when it is the pinned file, else its Hub repo at the pinned commit."""
+    shipped, state = _shipped_state(tag)
+    by = f"registry tag {tag.name}"
+    if state == "ok" and not force_download:
+        return ResolvedCheckpoint(source, shipped, tag.revision, tag.sha256, by)
+    if tag.revision is None:
+        if state == "ok":
+            raise HubError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit), so there is "
+                           f"nothing to download; its shipped copy {shipped} is intact (sha256 {tag.sha256})")
+        if state == "none":
+            raise CheckpointError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit) and "
+                                  "the package ships no copy: it must be published first (`transreg release`)")
+        problem = (f"its shipped copy {shipped} is corrupted (the sha256 of {WEIGHTS_NAME} is not the pinned "
+                   f"{tag.sha256})" if state == "corrupted" else f"its shipped copy {shipped} is missing")
+        raise CheckpointError(f"{tag.versioned_name} is not on the Hub yet (the zoo index pins no commit) and "
+                              f"{problem}: reinstall transreg")
+    what = f"{tag.versioned_name} (Hub repo {tag.hf_hub_id}, commit {tag.revision})"
+    folder = _download(tag.hf_hub_id, tag.revision, force_download, what, tag.versioned_name)
+    _require_files(folder, what)
+    weights = weights_path(folder)
+    digest = verify_sha256(weights, tag.sha256, f"pinned by {by}", tag.versioned_name)
+    published = _published_sha256(weights)
+    if published is not None and published != tag.sha256:
+        raise CheckpointError(f"{what}: the Hub serves weights with sha256 {published}, pinned by {by} is {tag.sha256}")
+    return ResolvedCheckpoint(source, folder, folder.name, digest, by)
 
 
 def pull(source: ModelSource, out_dir: str | os.PathLike[str] | None = None,

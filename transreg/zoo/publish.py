@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from . import cards
 from .checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_config, sha256_file, weights_path
@@ -48,7 +49,12 @@ def _stamped_card(folder: Path, repo_id: str, version: str, architecture: str) -
     if card.architecture != architecture:
         raise cards.CardError(f"{path} describes {card.architecture!r}, {CONFIG_NAME} says {architecture!r}")
     card.version, card.hf_hub_id = version, repo_id
-    return cards.render_card(card).encode()
+    text = cards.render_card(card)
+    try:
+        cards.check_hub_metadata(text)
+    except cards.CardError as err:
+        raise cards.CardError(f"{path}: {err}") from None
+    return text.encode()
 
 
 def push_to_hub(
@@ -59,13 +65,16 @@ def push_to_hub(
     private: bool = False,
     token: str | None = None,
     commit_message: str | None = None,
+    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> PushResult:
     """Publish a checkpoint folder as ``version`` of the Hub repo ``repo_id``.
 
     Checks the folder (config, safetensors weights, card, strict load), creates the repo
     if needed, uploads ``config.json``, ``model.safetensors`` and ``README.md`` (the card,
-    stamped with ``version`` and ``repo_id``) in one commit on ``main`` and tags that
-    commit ``version`` (``vMAJOR.MINOR.PATCH``). An existing tag is never moved.
+    stamped with ``version`` and ``repo_id``; its metadata must pass huggingface_hub's
+    model-card validation) in one commit on ``main`` and tags that commit ``version``
+    (``vMAJOR.MINOR.PATCH``). ``extra_files`` (path in the repo → local file, e.g. the
+    training recipe) go into the same commit. An existing tag is never moved.
     """
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
@@ -76,6 +85,11 @@ def push_to_hub(
     if is_offline():
         raise HubError(f"cannot push to {repo_id}: offline mode (HF_HUB_OFFLINE=1) is on")
     folder = Path(folder)
+    extra = {name: Path(local) for name, local in (extra_files or {}).items()}
+    for name, local in extra.items():
+        if name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) or not local.is_file():
+            raise HubError(f"extra file {name!r} ({local}) must be an existing file with another name than "
+                           f"{CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}")
     config = read_config(folder)
     weights = weights_path(folder)
     load_checkpoint(folder)  # refuse to publish weights that do not load strictly
@@ -94,6 +108,7 @@ def push_to_hub(
         CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
         CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(weights)),
         CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card),
+        *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local)) for name, local in extra.items()),
     ]
     commit = api.create_commit(
         repo_id, operations, commit_message=commit_message or f"{config['architecture']} {version}", revision="main"

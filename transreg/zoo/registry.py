@@ -29,6 +29,9 @@ __all__ = [
     "list_architectures",
     "list_pretrained",
     "split_model_name",
+    "register_alias",
+    "alias_of",
+    "list_aliases",
     "VERSION_PATTERN",
 ]
 
@@ -36,6 +39,7 @@ VERSION_PATTERN = r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
 
 _ENTRYPOINTS: dict[str, Callable[..., Any]] = {}
 _PRETRAINED: dict[str, dict[str, "PretrainedTag"]] = {}  # arch.tag -> version -> entry
+_ALIASES: dict[str, tuple[str, str]] = {}  # old arch.tag -> (current arch.tag, reason)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class PretrainedTag:
 
     ``sha256`` is the digest of ``model.safetensors``; ``revision`` a commit sha (the
     commit that the version tag ``version`` points to), or ``None`` for a version not yet
-    pushed to the Hub: such a version loads only from its shipped copy. ``local_path``
+    pushed to the Hub: such a version loads only from its shipped copy, or waits in a
+    release folder (``extra["folder"]``) for ``transreg release``. ``local_path``
     (relative to the ``transreg`` package folder) is a copy shipped inside the package,
     used before any download.
     """
@@ -59,9 +64,9 @@ class PretrainedTag:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.revision is None and not self.local_path:
+        if self.revision is None and not (self.local_path or self.extra.get("folder")):
             raise ValueError(f"pretrained tag {self.arch}.{self.tag}: revision None (not pushed to the Hub yet) "
-                             "needs local_path, the copy shipped in the package")
+                             "needs local_path (the copy shipped in the package) or a release folder")
         checks = (
             ("version", self.version, VERSION_PATTERN, "vMAJOR.MINOR.PATCH"),
             *((("revision", self.revision, r"[0-9a-f]{40}", "a 40-hex commit sha"),) if self.revision is not None else ()),
@@ -110,6 +115,23 @@ def register_pretrained(entry: PretrainedTag) -> PretrainedTag:
         raise ValueError(f"{entry.versioned_name} is registered twice with different contents")
     versions[entry.version] = entry
     return entry
+
+
+def register_alias(old: str, target: str, reason: str) -> None:
+    """Register ``old`` (a renamed or retired ``arch.tag``) as an alias of ``target``."""
+    if _ALIASES.get(old, (target, reason)) != (target, reason):
+        raise ValueError(f"alias {old!r} is registered twice with different targets")
+    _ALIASES[old] = (target, reason)
+
+
+def alias_of(name: str) -> tuple[str, str] | None:
+    """``(target, reason)`` when ``name`` (``arch.tag``, without a version) is an alias, else ``None``."""
+    return _ALIASES.get(name)
+
+
+def list_aliases() -> dict[str, tuple[str, str]]:
+    """Every alias: old ``arch.tag`` → (current ``arch.tag``, reason)."""
+    return dict(sorted(_ALIASES.items()))
 
 
 def split_model_name(name: str) -> tuple[str, str | None, str | None]:

@@ -4,7 +4,8 @@ Every way of naming a model, decided in one place (:func:`parse_model_source`):
 
 - ``arch`` — an architecture of the registry (random initialisation);
 - ``arch.tag`` / ``arch.tag@vX.Y.Z`` — a pretrained zoo entry (its newest version, or
-  that version): pins the Hub repo, the commit and the sha256 of the weights;
+  that version): pins the Hub repo, the commit and the sha256 of the weights; a renamed or
+  retired tag resolves through its alias with a :class:`DeprecatedNameWarning`;
 - ``hf-hub:org/name[@revision]`` — a Hub repo at a version tag, branch or commit sha
   (default ``main``);
 - ``local-dir:/path`` or a path to an existing folder — a checkpoint folder on disk.
@@ -16,17 +17,23 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .registry import PretrainedTag, is_architecture, model_entrypoint, pretrained_entry, split_model_name
+from .registry import PretrainedTag, alias_of, is_architecture, model_entrypoint, pretrained_entry, split_model_name
 
-__all__ = ["SourceKind", "ModelSource", "SourceError", "parse_model_source", "SOURCE_PREFIXES", "REPO_ID_RE"]
+__all__ = ["SourceKind", "ModelSource", "SourceError", "DeprecatedNameWarning", "parse_model_source",
+           "SOURCE_PREFIXES", "REPO_ID_RE"]
 
 SourceKind = Literal["architecture", "registry", "hf-hub", "local-dir"]
 SOURCE_PREFIXES = ("hf-hub:", "local-dir:")
 REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+class DeprecatedNameWarning(FutureWarning):
+    """A renamed or retired zoo tag was used: it still loads, through its alias."""
 
 
 class SourceError(ValueError):
@@ -83,5 +90,11 @@ def parse_model_source(name: str | os.PathLike[str]) -> ModelSource:
         return ModelSource("architecture", text, arch=arch)
     if tag is None:
         raise SourceError(f"{text!r}: a version belongs to a trained checkpoint, e.g. {arch}.TAG@{version}")
+    alias = alias_of(f"{arch}.{tag}")
+    if alias is not None:
+        target, reason = alias
+        text = target + (f"@{version}" if version else "")
+        warnings.warn(f"{arch}.{tag} is deprecated ({reason}): loading {text}; use that name instead",
+                      DeprecatedNameWarning, stacklevel=2)
     entry = pretrained_entry(text)
     return ModelSource("registry", text, arch=entry.arch, tag=entry, repo_id=entry.hf_hub_id, revision=entry.revision)
