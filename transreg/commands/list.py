@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo.factory import create_model, list_models
-from ..zoo.registry import pretrained_versions
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list architectures (or --pretrained checkpoints) with parameter counts")
@@ -16,7 +13,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern, pretrained=args.pretrained)
+    if args.pretrained:  # the zoo index alone: no torch
+        from ..zoo import index  # noqa: F401  (registers the pretrained entries)
+        from ..zoo.registry import list_pretrained, pretrained_versions
+
+        names = list_pretrained(args.pattern)
+    else:
+        from ..zoo.factory import create_model, list_models
+
+        names = list_models(args.pattern)
     if not names:
         print(f"no {'checkpoints' if args.pretrained else 'architectures'} match {args.pattern!r}")
         return 1

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..cli import CommandError
-from ..registration.inference import PRECISIONS
-from ..registration.defaults import DEFAULT_MODEL, default_model, sample_pair
+from ..registration.defaults import DEFAULT_MODEL, PRECISIONS, default_model, sample_pair
 from ..registration.outputs import check_output_dir
-from ..registration.pipeline import register
-from ..registration.result import OUTPUT_FILES, RegistrationResult
+
+if TYPE_CHECKING:  # the pipeline imports torch: only when a registration runs
+    from ..registration.result import RegistrationResult
 
 
 def default_model_note() -> str:
@@ -68,10 +68,13 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
 
 
 def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None = None,
-                       **options: Any) -> tuple[RegistrationResult, dict[str, Path]]:
+                       **options: Any) -> tuple["RegistrationResult", dict[str, Path]]:
     """Register ``inputs`` (``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``) with
     ``model`` (``None``: the default), write the outputs into ``out`` and print one line per
     stage and the written files. ``options`` go to :func:`transreg.register`."""
+    from ..registration.pipeline import register
+    from ..registration.result import OUTPUT_FILES
+
     check_output_dir(out)
     result = register(inputs["moving"], inputs["fixed"], model=model, moving_labels=inputs.get("moving_labels"),
                       fixed_labels=inputs.get("fixed_labels"), progress=print, **options)

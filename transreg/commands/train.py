@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set
+from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set  # recipes only: no torch
 
 #: flag → config key (flags left unset do not override the recipe)
 FLAG_KEYS = {

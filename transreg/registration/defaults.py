@@ -1,9 +1,15 @@
-"""What `transreg register` uses when the user names nothing: the default model and the sample pair."""
+"""What `transreg register` uses when the user names nothing: the default model, the
+precision names and the sample pair. Imports no torch (the command line's help reads it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "default_model", "sample_pair"]
+__all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "PRECISIONS", "Precision", "default_model", "sample_pair"]
+
+#: network inference precisions (:func:`transreg.registration.inference.predict`)
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 # The untrained fallback (random initialisation, near-identity deformation) that
 # `transreg register` and `transreg demo` use when no model is named and the zoo names no
