@@ -87,7 +87,7 @@ class RegistrationResult:
             from .overlay import save_overlay  # matplotlib only when writing the overlay
 
             save_overlay(path, self.fixed.data, self.before(), self.warped.data, affine,
-                         title=f"transreg register — {model}")
+                         title=f"transreg register: {model}")
         return overlay
 
 
