@@ -155,8 +155,9 @@ def voxel_map(target: Grid, source: Grid, world: np.ndarray | None = None) -> np
     return np.linalg.solve(source.affine, world @ target.affine)
 
 
-def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-    """Source voxel coordinates ``(ndim, *shape)`` (float32) of ``x ↦ matrix · x``.
+def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Source voxel coordinates ``(ndim, *shape)`` (``dtype``) of ``x ↦ matrix · x``.
 
     Row ``i`` is ``Σ_j matrix[i, j] · x_j + matrix[i, ndim]``, summed in float64 from one
     broadcast axis per ``j`` (no dense identity grid)."""
@@ -164,7 +165,7 @@ def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch
     ndim = len(shape)
     axes = [torch.arange(n, device=device, dtype=torch.float64).view([-1 if a == j else 1 for a in range(ndim)])
             for j, n in enumerate(shape)]
-    out = torch.empty(ndim, *shape, dtype=torch.float32, device=device)
+    out = torch.empty(ndim, *shape, dtype=dtype, device=device)
     for i in range(ndim):
         row = m[i, ndim] + m[i, 0] * axes[0]
         for j in range(1, ndim):
