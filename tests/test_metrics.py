@@ -229,3 +229,20 @@ def test_summarize_mean_std_and_worst_30_percent():
     assert hd["dsc30"] == pytest.approx(np.mean([10.0, 3.0]))  # ceil(0.3 × 4) = 2 worst = largest
     assert hd["std"] == pytest.approx(np.std([1, 2, 3, 10], ddof=1))
     assert math.isnan(metrics.summarize([np.nan])["mean"])
+
+
+def test_dice_counts_equal_the_mask_definition():
+    """dice counts every label in one pass; the result is 2|P∩T| / (|P| + |T|) per label,
+    for small, large and negative labels, and for merged groups."""
+    rng = np.random.default_rng(4)
+    for values in ([0, 2, 3, 41, 42], [0, 7, 3_000_000], [-5, 0, 4]):
+        pred = rng.choice(values, size=(17, 13, 11))
+        true = np.where(rng.random(pred.shape) < 0.7, pred, rng.choice(values, size=pred.shape))
+        scores = metrics.dice(pred, true)
+        assert sorted(scores) == sorted(v for v in values if v != 0)
+        for label, score in scores.items():
+            p, t = pred == label, true == label
+            assert score == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
+    merged = metrics.dice(pred, true, groups={"both": [-5, 4]})["both"]
+    p, t = np.isin(pred, [-5, 4]), np.isin(true, [-5, 4])
+    assert merged == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))

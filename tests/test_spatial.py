@@ -110,3 +110,12 @@ def test_bfloat16_flow_is_sampled_at_float32_positions():
     flow_bf16 = integrate(velocity)
     assert flow_bf16.dtype == torch.float32
     torch.testing.assert_close(flow_bf16, integrate(velocity.float()), rtol=0, atol=0)
+
+
+def test_jacobian_determinant_equals_the_determinant_of_the_jacobian_matrix():
+    for ndim in (2, 3):
+        flow = torch.randn(2, ndim, *([9] * ndim))
+        grads = torch.gradient(flow, dim=list(range(2, ndim + 2)))
+        jac = torch.stack(grads, dim=1) + torch.eye(ndim).view(1, ndim, ndim, *([1] * ndim))
+        expected = torch.linalg.det(jac.movedim(1, -1).movedim(1, -1))
+        torch.testing.assert_close(jacobian_determinant(flow), expected, rtol=1e-4, atol=1e-4)

@@ -19,7 +19,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from transreg.spatial import jacobian_determinant
 
@@ -182,12 +181,29 @@ def dice(
     (union of their masks) and keys the result by group name.
     """
     pred, true = _label_pair(pred_labels, true_labels)
+    in_pred, in_true, in_both = (_histogram(x) for x in (pred, true, pred[pred == true]))
+    if labels is None and groups is None:
+        labels = sorted((in_pred.keys() | in_true.keys()) - {0})
     out = {}
     for key, members in _structures(pred, true, labels, groups):
-        p, t = _mask(pred, members), _mask(true, members)
-        total = int(p.sum()) + int(t.sum())
-        out[key] = 2.0 * int(np.logical_and(p, t).sum()) / total if total else math.nan
+        if len(members) == 1:  # one label: counted once for all labels above
+            label = members[0]
+            p, t, both = in_pred.get(label, 0), in_true.get(label, 0), in_both.get(label, 0)
+        else:
+            pm, tm = _mask(pred, members), _mask(true, members)
+            p, t, both = int(pm.sum()), int(tm.sum()), int(np.logical_and(pm, tm).sum())
+        out[key] = 2.0 * both / (p + t) if p + t else math.nan
     return out
+
+
+def _histogram(values: np.ndarray) -> dict[int, int]:
+    """``{label: voxel count}`` of an integer array (``np.bincount`` for small non-negative labels)."""
+    if values.size and values.min() >= 0 and values.max() < 1 << 20:
+        counts = np.bincount(values.ravel())
+        keys = np.flatnonzero(counts)
+        return dict(zip(keys.tolist(), counts[keys].tolist()))
+    keys, counts = np.unique(values, return_counts=True)
+    return dict(zip(keys.tolist(), counts.tolist()))
 
 
 def structure_mean(scores: Mapping[Any, float]) -> float:
@@ -198,6 +214,8 @@ def structure_mean(scores: Mapping[Any, float]) -> float:
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a face neighbour outside it (the image edge counts as outside)."""
+    from scipy import ndimage  # HD95 and TRE only: importing scipy.ndimage costs start-up time
+
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
@@ -212,6 +230,8 @@ def _hd95_masks(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> flo
     coords = np.nonzero(a | b)
     box = tuple(slice(max(int(c.min()) - 1, 0), int(c.max()) + 2) for c in coords)
     sa, sb = _surface(a[box]), _surface(b[box])
+    from scipy import ndimage
+
     to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
     to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
     return float(np.percentile(np.concatenate([to_b, to_a]), 95))
@@ -377,6 +397,8 @@ def tre(
         field = _flow(flow)[0].double().numpy()
         if field.shape[0] != ndim:
             raise ValueError(f"landmarks are {ndim}-D but the flow is {field.shape[0]}-D")
+        from scipy import ndimage
+
         disp = np.stack([ndimage.map_coordinates(c, fixed.T, order=1, mode="nearest") for c in field], axis=1)
         mapped = fixed + disp
     return np.linalg.norm((mapped - moving) * np.asarray(_spacing(spacing, ndim)), axis=1)

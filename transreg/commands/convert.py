@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo.convert import KINDS, convert
+#: the original networks ``--from`` accepts (``transreg.zoo.convert.KINDS``, which imports
+#: torch; a test keeps the two equal)
+ORIGINALS = ("transmorph", "transmorph_diff", "vitvnet", "voxelmorph1", "voxelmorph2")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Convert a .pth.tar of the original TransMorph repository (TransMorph, TransMorph-diff, "
         "ViT-V-Net, VoxelMorph-1/-2) into a transreg checkpoint folder that reproduces its outputs.",
     )
-    p.add_argument("--from", dest="kind", required=True, choices=KINDS, help="the original network")
+    p.add_argument("--from", dest="kind", required=True, choices=ORIGINALS, help="the original network")
     p.add_argument("checkpoint", help="the original checkpoint (state dict or {'state_dict': ...}), read safely")
     p.add_argument("--config", required=True,
                    help="JSON of the original config values (embed_dim, depths, ...; a fixture's official.json works)")
@@ -23,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.convert import convert
+
     out = convert(args.kind, args.checkpoint, args.config, args.out, overwrite=args.overwrite)
     print(f"wrote {out} — load it with transreg.create_model('local-dir:{out}', pretrained=True)")
     return 0

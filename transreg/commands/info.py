@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..zoo.cards import METRICS, ModelCard, format_axes, intensity_text, read_card
-from ..zoo.checkpoint import CARD_NAME, count_parameters, read_config
-from ..zoo.factory import resolve_source
-from ..zoo.hub import ResolvedCheckpoint, resolve
+if TYPE_CHECKING:
+    from ..zoo.cards import ModelCard
+    from ..zoo.hub import ResolvedCheckpoint
 
 _SOURCES = "a pretrained tag (arch.tag), hf-hub:ORG/NAME[@REVISION] or local-dir:/path"
 
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _version(resolved: ResolvedCheckpoint, card: ModelCard | None) -> str:
+def _version(resolved: "ResolvedCheckpoint", card: "ModelCard | None") -> str:
     source = resolved.source
     if source.tag is not None:
         version = source.tag.version
@@ -29,8 +29,11 @@ def _version(resolved: ResolvedCheckpoint, card: ModelCard | None) -> str:
     return version + (f" (commit {resolved.commit})" if resolved.commit else "")
 
 
-def summary(resolved: ResolvedCheckpoint) -> list[str]:
+def summary(resolved: "ResolvedCheckpoint") -> list[str]:
     """The lines ``transreg info`` prints."""
+    from ..zoo.cards import METRICS, format_axes, intensity_text, read_card
+    from ..zoo.checkpoint import CARD_NAME, count_parameters, read_config
+
     config = read_config(resolved.folder)
     card_path = resolved.folder / CARD_NAME
     card = read_card(card_path) if card_path.is_file() else None
@@ -67,5 +70,8 @@ def summary(resolved: ResolvedCheckpoint) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.factory import resolve_source
+    from ..zoo.hub import resolve
+
     print("\n".join(summary(resolve(resolve_source(args.name)))))
     return 0

@@ -8,9 +8,10 @@ renamed or retired tags.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..zoo.factory import create_model, list_models
-from ..zoo.registry import PretrainedTag, list_aliases, pretrained_versions
+if TYPE_CHECKING:
+    from ..zoo.registry import PretrainedTag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern, pretrained=args.pretrained)
+    if args.pretrained:  # the zoo index alone: no torch
+        from ..zoo import index  # noqa: F401  (registers the pretrained entries)
+        from ..zoo.registry import list_pretrained
+
+        names = list_pretrained(args.pattern)
+    else:
+        from ..zoo.factory import create_model, list_models
+
+        names = list_models(args.pattern)
     if not names:
         print(f"no {'checkpoints' if args.pretrained else 'architectures'} match {args.pattern!r}")
         return 1
@@ -51,6 +60,7 @@ def print_pretrained(names: list[str], width: int) -> None:
     """The table of ``transreg list --pretrained``."""
     from ..zoo import index
     from ..zoo.hub import location
+    from ..zoo.registry import list_aliases, pretrained_versions
 
     print(f"{'name':<{width}}  {'version':<8}  {'parameters':>10}  {'Dice':>5}  {'size':>8}  from")
     datasets: list[str] = []

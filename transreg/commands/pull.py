@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo.factory import resolve_source
-from ..zoo.hub import pull
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pull", help="download and verify a checkpoint (for offline use later)",
@@ -18,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.factory import resolve_source
+    from ..zoo.hub import pull
+
     resolved = pull(resolve_source(args.name), out_dir=args.out, force_download=args.force)
     print(f"{args.name}: {resolved.folder}")
     if resolved.commit:

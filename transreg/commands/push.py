@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo.publish import push_to_hub
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="publish a checkpoint folder as a version on the Hugging Face Hub",
@@ -20,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.publish import push_to_hub
+
     result = push_to_hub(args.folder, args.repo_id, args.version, private=args.private, commit_message=args.message)
     print(f"pushed {args.folder} to {result.repo_id} as {result.version} (commit {result.commit})")
     print(f"model.safetensors sha256 {result.sha256}")

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from ..cli import CommandError
-from ..registration.affine_stage import AFFINE_MODES, DEFAULT_AFFINE_MODE
-from ..registration.inference import PRECISIONS
-from ..registration.defaults import DEFAULT_MODEL, default_model, sample_pair
-from ..registration.outputs import check_output_dir
-from ..registration.pipeline import register
-from ..registration.result import OUTPUT_FILES, RegistrationResult
+from ..registration.defaults import AFFINE_MODES, DEFAULT_AFFINE_MODE, DEFAULT_MODEL, PRECISIONS, default_model, sample_pair
+from ..registration.outputs import check_output_dir, parse_outputs
+
+if TYPE_CHECKING:  # the pipeline imports torch: only when a registration runs
+    from ..registration.result import RegistrationResult
 
 
 def default_model_note() -> str:
@@ -61,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model grid spacing in mm (default: the model's, else 2 mm)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="network inference precision (bf16: faster, half the memory)")
+    p.add_argument("--outputs", default=None, metavar="NAMES",
+                   help="comma list of the outputs to write (default: all): warped, labels (warped labels), itk "
+                        "(ITK displacement), voxel (Learn2Reg displacement), overlay (PNG), report (report.json "
+                        "with folding and Dice; the QC step runs only for it)")
+    p.add_argument("--uncompressed", action="store_true",
+                   help="write .nii instead of .nii.gz (faster to write, larger files)")
     p.set_defaults(func=run)
 
 
@@ -76,24 +81,29 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
 
 
 def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None = None,
-                       **options: Any) -> tuple[RegistrationResult, dict[str, Path]]:
+                       outputs: Collection[str] | None = None, compressed: bool = True,
+                       **options: Any) -> tuple["RegistrationResult", dict[str, Path]]:
     """Register ``inputs`` (``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``) with
-    ``model`` (``None``: the default), write the outputs into ``out`` and print one line per
-    stage and the written files. ``options`` go to :func:`transreg.register`."""
+    ``model`` (``None``: the default), write ``outputs`` (names of
+    :data:`~transreg.registration.result.OUTPUTS`, ``None``: all; the QC step runs only
+    for ``report``) into ``out`` and print one line per stage and the written files.
+    ``options`` go to :func:`transreg.register`."""
+    from ..registration.pipeline import register
+
     check_output_dir(out)
     result = register(inputs["moving"], inputs["fixed"], model=model, moving_labels=inputs.get("moving_labels"),
-                      fixed_labels=inputs.get("fixed_labels"), progress=print, **options)
-    written = result.save(out)
+                      fixed_labels=inputs.get("fixed_labels"), progress=print,
+                      qc=outputs is None or "report" in outputs, **options)
+    written = result.save(out, outputs, compressed)
     report = result.report
     print(f"[write] {len(written)} files ({report['runtime_s']['write']:.1f} s)")
-    summary = f"folding {report['folding_percent']:.3f} %"
+    summary = f"folding {report['folding_percent']:.3f} %; " if "folding_percent" in report else ""
     if "dice" in report:
-        summary += f", mean Dice {report['dice_before']:.3f} before → {report['dice_affine']:.3f} affine → " \
-                   f"{report['dice']['mean']:.3f} final"
-    print(f"[done] {summary}; outputs in {out.resolve()}/:")
-    for name in OUTPUT_FILES:
-        if name in written:
-            print(f"  {written[name]}")
+        summary += f"mean Dice {report['dice_before']:.3f} before → {report['dice_affine']:.3f} affine → " \
+                   f"{report['dice']['mean']:.3f} final; "
+    print(f"[done] {summary}outputs in {out.resolve()}/:")
+    for path in written.values():
+        print(f"  {path}")
     return result, written
 
 
@@ -105,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if args.affine_only and args.affine == "none":
         raise CommandError("--affine-only with --affine none leaves nothing to do")
     mode = "none" if args.no_affine else (args.affine or True)
+    outputs = None if args.outputs is None else parse_outputs(args.outputs)
     register_and_write(
-        _inputs(args), args.out, args.model, affine=mode, affine_only=args.affine_only,
-        affine_model=args.affine_model,
+        _inputs(args), args.out, args.model, outputs, not args.uncompressed,
+        affine=mode, affine_only=args.affine_only, affine_model=args.affine_model,
         instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
         precision=args.precision,
     )

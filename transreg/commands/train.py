@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set
+from ..training.config import PRECISIONS, TrainConfig, load_config, parse_set  # recipes only: no torch
 
 #: the help text (plain text: argparse prints it as written)
 DESCRIPTION = """Train any registry model from a recipe and/or flags.

@@ -19,14 +19,13 @@ import numpy as np
 from torch import Tensor, nn
 
 from .affine import AffineResult, affine_align
+from .defaults import AFFINE_MODES, DEFAULT_AFFINE_MODE
 from .learned_affine import learned_affine
 from .preprocess import Grid
 
 __all__ = ["AFFINE_MODES", "DEFAULT_AFFINE_MODE", "REFINE_LEVELS", "REFINE_ITERATIONS", "affine_mode",
            "affine_model_name", "run_affine_stage"]
 
-AFFINE_MODES = ("learned", "classic", "learned+classic", "none")
-DEFAULT_AFFINE_MODE = "learned+classic"
 #: the classical refinement after the network in ``learned+classic``: pooling factors and Adam steps
 REFINE_LEVELS, REFINE_ITERATIONS = (4, 2), (30, 20)
 

@@ -1,14 +1,25 @@
-"""What `transreg register` uses when the user names nothing: the default model and the sample pair."""
+"""What `transreg register` uses when the user names nothing: the default model, the
+precision names and the sample pair. Imports no torch (the command line's help reads it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["DEFAULT_MODEL", "SAMPLE_DIR", "default_model", "sample_pair"]
+__all__ = ["AFFINE_MODES", "DEFAULT_AFFINE_MODE", "DEFAULT_MODEL", "SAMPLE_DIR", "PRECISIONS", "Precision", "default_model",
+           "sample_pair"]
+
+#: network inference precisions (:func:`transreg.registration.inference.predict`)
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 # The untrained fallback (random initialisation, near-identity deformation) that
 # `transreg register` and `transreg demo` use when no model is named and the zoo names no
 # default checkpoint (transreg.zoo.index.DEFAULT_CHECKPOINT); see default_model().
 DEFAULT_MODEL = "transmorph_tiny"
+#: the affine stage's modes (transreg register --affine); the default is chosen by
+#: evaluate/affine_modes.py (best Dice after the affine stage on the test pairs, then time)
+AFFINE_MODES = ("learned", "classic", "learned+classic", "none")
+DEFAULT_AFFINE_MODE = "learned+classic"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "sample"
 
 

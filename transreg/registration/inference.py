@@ -9,17 +9,15 @@ Measurements: ``evaluate/results/performance_v0.1/``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Literal
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
 
 from ..models.base import RegistrationOutput
+from .defaults import PRECISIONS, Precision
 
 __all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict"]
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def autocast(device: torch.device | str, precision: Precision = "fp32") -> ContextManager:

@@ -1,10 +1,12 @@
-"""Output folders that never hold half-written results.
+"""The outputs of a registration by name, and output folders that never hold
+half-written results.
 
 Files are written into a temporary folder inside the output folder and moved into place
 only when every one of them succeeded; on failure or interruption (Ctrl-C, SIGTERM)
 nothing is left behind (and a folder that did not exist before is removed again). A
 rerun into the same folder replaces the whole set of outputs: files of the set that the
-new run does not write are removed.
+new run does not write are removed. Imports no torch (the command line checks
+``--outputs`` with it).
 """
 from __future__ import annotations
 
@@ -12,9 +14,40 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
-__all__ = ["OutputError", "check_output_dir", "write_atomically"]
+__all__ = ["OUTPUTS", "OUTPUT_FILES", "ANY_OUTPUT_FILE", "OutputError", "check_output_dir", "output_names", "parse_outputs",
+           "write_atomically"]
+
+#: output name (``transreg register --outputs``) → file; NIfTI files end in ``.nii`` when uncompressed
+OUTPUTS = {
+    "warped": "warped.nii.gz",
+    "labels": "warped_labels.nii.gz",
+    "itk": "displacement_itk.nii.gz",
+    "voxel": "displacement_voxel.nii.gz",
+    "overlay": "overlay.png",
+    "report": "report.json",
+}
+OUTPUT_FILES = tuple(OUTPUTS.values())
+#: every file name a registration may write (compressed or not): a rerun removes those it does not write
+ANY_OUTPUT_FILE = OUTPUT_FILES + tuple(f.replace(".nii.gz", ".nii") for f in OUTPUT_FILES if f.endswith(".nii.gz"))
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """``"warped,itk"`` → ``("warped", "itk")``; ``ValueError`` naming an unknown or missing name."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown or not names:
+        raise ValueError(f"--outputs: unknown output {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {', '.join(OUTPUTS)}")
+    return names
+
+
+def output_names(outputs: Collection[str] | None, compressed: bool = True) -> dict[str, str]:
+    """Output name → file name for ``outputs`` (``None``: all), ``.nii`` instead of
+    ``.nii.gz`` unless ``compressed``."""
+    chosen = OUTPUTS if outputs is None else {n: OUTPUTS[n] for n in OUTPUTS if n in outputs}
+    return {n: f if compressed else f.replace(".nii.gz", ".nii") for n, f in chosen.items()}
 
 
 class OutputError(ValueError):

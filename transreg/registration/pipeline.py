@@ -164,6 +164,7 @@ def register(
     spacing: float | None = None,
     similarity: str = "mi",
     precision: Precision = "fp32",
+    qc: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (paths to NIfTI files or :class:`Image` s).
@@ -179,7 +180,8 @@ def register(
     the zoo's); ``affine_only`` stops after the affine stage; ``instance_opt`` Adam steps refine the network's
     displacement on this pair. ``similarity`` (``"mi"``, the default: robust to contrast
     differences between subjects and scanners, or ``"ncc"``) drives the affine stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
-    (:func:`transreg.registration.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
+    (:func:`transreg.registration.inference.predict`). ``qc=False`` skips the QC stage (folding, Dice:
+    the report then has neither). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
     :class:`~transreg.registration.io.ImageError` (a ``ValueError``) for unusable inputs.
     """
     mode = affine_mode(affine)
@@ -263,30 +265,42 @@ def register(
         "affine": affine_report,
         "precision": precision if net is not None else None,
         "instance_opt_steps": instance_opt,
-        "folding_percent": _folding(flow),
     }
-    if warped_labels is not None and label_imgs["fixed"] is not None:
-        report["dice"] = _dice_report(warped_labels.data, label_imgs["fixed"].data)
-        affine_stage = _full_transform(torch.zeros_like(flow), model_grid, world, fixed_img, moving_img, device)
-        report["dice_before"] = _dice_report(before.apply(label_imgs["moving"].data, True), label_imgs["fixed"].data)["mean"]
-        report["dice_affine"] = _dice_report(affine_stage.apply(label_imgs["moving"].data, True),
-                                             label_imgs["fixed"].data)["mean"]
-    stages.done("qc", f"folding {report['folding_percent']:.3f} %" +
-                (f", mean Dice {report['dice']['mean']:.3f}" if "dice" in report else ""))
+    if qc:
+        report["folding_percent"] = _folding(flow)
+        if warped_labels is not None and label_imgs["fixed"] is not None:
+            moving_labels_data, fixed_labels_data = label_imgs["moving"].data, label_imgs["fixed"].data
+            report["dice"] = _dice_report(warped_labels.data, fixed_labels_data)
+            report["dice_before"] = _dice_report(before.apply(moving_labels_data, True), fixed_labels_data)["mean"]
+            report["dice_affine"] = report["dice_before"]  # no affine stage: the same map
+            if affine:
+                affine_stage = _full_transform(None, model_grid, world, fixed_img, moving_img, device)
+                report["dice_affine"] = _dice_report(affine_stage.apply(moving_labels_data, True),
+                                                     fixed_labels_data)["mean"]
+        stages.done("qc", f"folding {report['folding_percent']:.3f} %" +
+                    (f", mean Dice {report['dice']['mean']:.3f}" if "dice" in report else ""))
     report["runtime_s"] = dict(stages.runtime)
-    return RegistrationResult(warped, warped_labels, transform, report, fixed_img, before.apply(moving_img.data))
+    return RegistrationResult(warped, warped_labels, transform, report, fixed_img,
+                              lambda: before.apply(moving_img.data))
 
 
-def _full_transform(flow: Tensor, model_grid: Grid, world: np.ndarray, fixed: Image, moving: Image,
+def _full_transform(flow: Tensor | None, model_grid: Grid, world: np.ndarray, fixed: Image, moving: Image,
                     device: torch.device) -> Transform:
-    """Compose (module docstring): original fixed voxel → model grid → + u → W → moving voxel."""
-    g = coordinates(voxel_map(Grid.of(fixed), model_grid), fixed.shape, device)
-    u = sample(flow, g, padding="border")[0] if flow.any() else torch.zeros_like(g)
-    g_displaced = (g + u).double().reshape(model_grid.ndim, -1)
-    to_moving = torch.as_tensor(voxel_map(model_grid, Grid.of(moving), world), device=device)
-    n = model_grid.ndim
-    y = to_moving[:n, :n] @ g_displaced + to_moving[:n, n:]
-    return Transform(y.float().reshape(g.shape), fixed.affine, moving.affine)
+    """Compose (module docstring): original fixed voxel → model grid → + u → W → moving voxel
+    (``flow`` ``None``: no deformable part).
+
+    ``g ↦ M g`` (``M`` = model grid → moving voxels) is affine, so ``y = M (g + u) = (M g) +
+    L u`` (``L`` the linear part of ``M``): the affine part is computed per axis in float64
+    (:func:`coordinates`), the small displacement in float32."""
+    to_model = voxel_map(Grid.of(fixed), model_grid)
+    to_moving = voxel_map(model_grid, Grid.of(moving), world)
+    y = coordinates(to_moving @ to_model, fixed.shape, device)
+    if flow is not None and bool(flow.any()):
+        n = model_grid.ndim
+        u = sample(flow, coordinates(to_model, fixed.shape, device), padding="border")[0]
+        linear = torch.as_tensor(to_moving[:n, :n], dtype=torch.float32, device=device)
+        y += torch.einsum("ij,j...->i...", linear, u)
+    return Transform(y, fixed.affine, moving.affine)
 
 
 def _folding(flow: Tensor) -> float:

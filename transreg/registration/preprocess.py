@@ -17,11 +17,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from nibabel import orientations
-from scipy import ndimage
 from torch import Tensor
 
-from ..spatial import affine_to_flow, warp
 from ..zoo.preprocessing import IntensitySpec, PreprocessingError
 from .io import Image, ImageError
 
@@ -156,21 +155,42 @@ def voxel_map(target: Grid, source: Grid, world: np.ndarray | None = None) -> np
     return np.linalg.solve(source.affine, world @ target.affine)
 
 
-def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-    """Source voxel coordinates ``(ndim, *shape)`` (float32) of ``x ↦ matrix · x``."""
+def coordinates(matrix: np.ndarray | Tensor, shape: Sequence[int], device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Source voxel coordinates ``(ndim, *shape)`` (``dtype``) of ``x ↦ matrix · x``.
+
+    Row ``i`` is ``Σ_j matrix[i, j] · x_j + matrix[i, ndim]``, summed in float64 from one
+    broadcast axis per ``j`` (no dense identity grid)."""
     m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
-    flow = affine_to_flow(m[None], tuple(shape))[0]
-    axes = [torch.arange(n, device=device, dtype=torch.float64) for n in shape]
-    return (flow + torch.stack(torch.meshgrid(*axes, indexing="ij"))).float()
+    ndim = len(shape)
+    axes = [torch.arange(n, device=device, dtype=torch.float64).view([-1 if a == j else 1 for a in range(ndim)])
+            for j, n in enumerate(shape)]
+    out = torch.empty(ndim, *shape, dtype=dtype, device=device)
+    for i in range(ndim):
+        row = m[i, ndim] + m[i, 0] * axes[0]
+        for j in range(1, ndim):
+            row = row + m[i, j] * axes[j]
+        out[i] = row
+    return out
 
 
 def sample(image: Tensor, coords: Tensor, mode: str = "bilinear", padding: str = "zeros") -> Tensor:
     """Sample ``image`` ``(B, C, *src)`` at voxel coordinates ``coords`` ``(ndim, *tgt)``
-    (``mode`` linear or nearest; ``padding`` zeros or border outside) → ``(B, C, *tgt)``."""
+    (``mode`` linear or nearest; ``padding`` zeros or border outside) → ``(B, C, *tgt)``.
+
+    ``grid_sample(align_corners=True)`` as :func:`transreg.spatial.warp`: positions in
+    float32 at least, integer images sampled in float32 and rounded back to their dtype."""
     ndim = coords.shape[0]
-    axes = [torch.arange(n, device=coords.device, dtype=coords.dtype) for n in coords.shape[1:]]
-    identity = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-    return warp(image, (coords - identity)[None].expand(image.shape[0], ndim, *coords.shape[1:]), mode=mode, padding=padding)
+    if image.dim() != ndim + 2:
+        raise ValueError(f"image must have shape (B, C, *spatial) with {ndim} spatial dims, got {tuple(image.shape)}")
+    integer = not torch.is_floating_point(image)
+    source = image if image.dtype in (torch.float32, torch.float64) else image.float()
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in image.shape[2:]], dtype=source.dtype, device=coords.device)
+    # grid_sample wants (B, *tgt, ndim) with the last image axis first
+    grid = (coords.to(source.dtype).movedim(0, -1) * scale - 1.0).flip(-1)
+    grid = grid[None].expand(image.shape[0], *grid.shape)
+    out = F.grid_sample(source, grid, mode=mode, padding_mode=padding, align_corners=True)
+    return (out.round() if integer else out).to(image.dtype)
 
 
 def _normalization_spec(spec: Mapping[str, Any] | str) -> dict[str, Any]:
@@ -216,6 +236,8 @@ def resample_image(data: np.ndarray, source: Grid, target: Grid, world: np.ndarr
     ratio = float(np.min(target.spacing)) / source.spacing
     sigma = np.maximum(ratio - 1.0, 0.0) / 2.0
     if np.any(sigma > 0):
+        from scipy import ndimage  # only when smoothing: importing it costs start-up time
+
         data = ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="nearest")
     image = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32, device=device)[None, None]
     return sample(image, coordinates(voxel_map(target, source, world), target.shape, device))

@@ -4,21 +4,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 import numpy as np
 
 from .io import Image, save_displacement_itk, save_displacement_voxel, save_image
-from .outputs import write_atomically
+from .outputs import ANY_OUTPUT_FILE, OUTPUT_FILES, output_names, write_atomically
 from .transform import Transform
 
 __all__ = ["OUTPUT_FILES", "RegistrationResult"]
 
-OUTPUT_FILES = ("warped.nii.gz", "warped_labels.nii.gz", "displacement_itk.nii.gz",
-                "displacement_voxel.nii.gz", "overlay.png", "report.json")
 
+#: threads that write (and gzip: zlib releases the GIL) the output files concurrently
+WRITE_THREADS = 2
 
 
 @dataclass
@@ -26,47 +27,69 @@ class RegistrationResult:
     """What :func:`register` returns: ``warped`` (moving on the fixed grid, original
     intensities), ``warped_labels`` (or ``None``), ``transform`` (:class:`Transform`),
     ``report`` (JSON-ready dict); ``fixed`` and ``moving_before`` (moving on the fixed
-    grid without registration) for the overlay."""
+    grid without registration, for the overlay; or a function computing it, called on
+    first use by :meth:`before`)."""
 
     warped: Image
     warped_labels: Image | None
     transform: Transform
     report: dict[str, Any]
     fixed: Image
-    moving_before: np.ndarray = field(repr=False)
+    moving_before: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
 
-    def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write every output into ``out_dir`` (created if needed) → ``{name: path}``.
+    def before(self) -> np.ndarray:
+        """The moving image on the fixed grid without registration."""
+        if callable(self.moving_before):
+            self.moving_before = self.moving_before()
+        return self.moving_before
+
+    def save(self, out_dir: str | os.PathLike[str], outputs: Collection[str] | None = None,
+             compressed: bool = True) -> dict[str, Path]:
+        """Write ``outputs`` (names of :data:`OUTPUTS`; ``None``: all; ``labels`` only if
+        there are warped labels) into ``out_dir`` (created if needed) → ``{file name: path}``.
+        ``compressed=False`` writes ``.nii`` instead of ``.nii.gz``.
 
         All files are written first and moved into place together: a failure leaves no
         partial output behind, and outputs of an earlier run that this one does not write
         (e.g. ``warped_labels.nii.gz``) are removed (:func:`transreg.registration.outputs.write_atomically`).
         """
+        files = output_names(outputs, compressed)
+        if self.warped_labels is None:
+            files.pop("labels", None)
+
         def write(folder: Path) -> list[str]:
             start = time.perf_counter()
-            names = self._write(folder)
+            writers = [self._writer(name, folder / file) for name, file in files.items() if name != "report"]
+            with ThreadPoolExecutor(WRITE_THREADS) as pool:
+                for done in [pool.submit(w) for w in writers]:
+                    done.result()
             self.report["runtime_s"]["write"] = round(time.perf_counter() - start, 3)
-            self.report["outputs"] = sorted(names)
-            (folder / "report.json").write_text(json.dumps(self.report, indent=2, default=_json_default) + "\n")
-            return names + ["report.json"]
+            self.report["outputs"] = sorted(files.values())
+            if "report" in files:
+                (folder / files["report"]).write_text(json.dumps(self.report, indent=2, default=_json_default) + "\n")
+            return list(files.values())
 
-        return write_atomically(out_dir, write, OUTPUT_FILES)
+        return write_atomically(out_dir, write, ANY_OUTPUT_FILE)
 
-    def _write(self, folder: Path) -> list[str]:
-        from .overlay import save_overlay  # matplotlib only when writing
-
+    def _writer(self, name: str, path: Path) -> Callable[[], None]:
+        """The function that writes output ``name`` to ``path``."""
         affine = self.fixed.affine
-        save_image(folder / "warped.nii.gz", self.warped.data, affine)
-        names = ["warped.nii.gz"]
-        if self.warped_labels is not None:
-            save_image(folder / "warped_labels.nii.gz", self.warped_labels.data, affine)
-            names.append("warped_labels.nii.gz")
-        save_displacement_itk(folder / "displacement_itk.nii.gz", self.transform.displacement_world(), affine)
-        save_displacement_voxel(folder / "displacement_voxel.nii.gz", self.transform.displacement_voxel(), affine)
+        if name == "warped":
+            return lambda: save_image(path, self.warped.data, affine)
+        if name == "labels":
+            return lambda: save_image(path, self.warped_labels.data, affine)
+        if name == "itk":
+            return lambda: save_displacement_itk(path, self.transform.displacement_world(), affine)
+        if name == "voxel":
+            return lambda: save_displacement_voxel(path, self.transform.displacement_voxel(), affine)
         model = (self.report.get("model") or {}).get("name", "affine only")
-        save_overlay(folder / "overlay.png", self.fixed.data, self.moving_before, self.warped.data, affine,
-                     title=f"transreg register — {model}")
-        return names + ["displacement_itk.nii.gz", "displacement_voxel.nii.gz", "overlay.png"]
+
+        def overlay() -> None:
+            from .overlay import save_overlay  # matplotlib only when writing the overlay
+
+            save_overlay(path, self.fixed.data, self.before(), self.warped.data, affine,
+                         title=f"transreg register: {model}")
+        return overlay
 
 
 def _json_default(value: Any) -> Any:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .preprocess import sample, spatial_affine
+from .preprocess import coordinates, sample, spatial_affine
 
 __all__ = ["Transform"]
 
@@ -45,14 +45,16 @@ class Transform:
         return (self.coords - _identity(tuple(self.coords.shape[1:]), self.coords.device)).cpu().numpy()
 
     def displacement_world(self) -> np.ndarray:
-        """``A_m y(x) − A_f x`` ``(ndim, *S)`` in RAS millimetres (in-plane for 2-D)."""
+        """``A_m y(x) − A_f x`` ``(ndim, *S)`` in RAS millimetres (in-plane for 2-D), in float64
+        (``A_f x`` per axis, :func:`coordinates`), returned as float32."""
         n = self.ndim
-        fixed = torch.as_tensor(spatial_affine(self.fixed_affine, n), device=self.coords.device)
-        moving = torch.as_tensor(spatial_affine(self.moving_affine, n), device=self.coords.device)
-        y = self.coords.double().reshape(n, -1)
-        x = _identity(tuple(self.coords.shape[1:]), self.coords.device).double().reshape(n, -1)
-        world = (moving[:n, :n] @ y + moving[:n, n:]) - (fixed[:n, :n] @ x + fixed[:n, n:])
-        return world.reshape(self.coords.shape).float().cpu().numpy()
+        fixed, moving = spatial_affine(self.fixed_affine, n), spatial_affine(self.moving_affine, n)
+        offset = fixed.copy()
+        offset[:n, n] -= moving[:n, n]  # A_f x − t_m
+        world = torch.einsum("ij,j...->i...", torch.as_tensor(moving[:n, :n], device=self.coords.device),
+                             self.coords.double())
+        world -= coordinates(offset, tuple(self.coords.shape[1:]), self.coords.device, torch.float64)
+        return world.float().cpu().numpy()
 
     def apply(self, data: np.ndarray, labels: bool = False) -> np.ndarray:
         """Resample ``data`` (on the moving grid) onto the fixed grid: linear, or nearest

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 from ..layers import (
@@ -24,6 +23,7 @@ from ..layers import (
     window_reverse,
 )
 from ..layers.checkpointing import maybe_checkpoint
+from ..layers.timm_parts import DropPath, Mlp, trunc_normal_
 
 __all__ = ["SwinEncoder", "SwinBlock", "SwinStage"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from timm.layers import Mlp
 from torch import Tensor, nn
 
 from ..layers import ConvAct, WindowAttention, conv_nd, max_pool_nd, resize_pos_embed
 from ..layers.checkpointing import maybe_checkpoint
+from ..layers.timm_parts import Mlp
 
 __all__ = ["ConvStem", "ViTBlock", "ViTEncoder"]
 

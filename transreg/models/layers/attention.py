@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
+from .timm_parts import trunc_normal_
 from .windows import relative_position_index
 
 __all__ = ["WindowAttention"]
