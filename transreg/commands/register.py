@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cli import CommandError
+from . import register_batch
 from ..registration.inference import PRECISIONS
 from ..registration.defaults import DEFAULT_MODEL, default_model, sample_pair
 from ..registration.outputs import check_output_dir
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model grid spacing in mm (default: the model's, else 2 mm)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="network inference precision (bf16: faster, half the memory)")
+    register_batch.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -61,6 +63,8 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
         if args.moving or args.fixed or args.moving_labels or args.fixed_labels:
             raise CommandError("--sample brings its own images and label maps; give no other inputs")
         return dict(sample_pair())
+    if args.more_moving:
+        raise CommandError("give one MOVING and one FIXED image (more moving images need --atlas)")
     if args.moving is None or args.fixed is None:
         raise CommandError("give MOVING and FIXED images (or --sample for the shipped sample pair)")
     return {"moving": args.moving, "fixed": args.fixed, "moving_labels": args.moving_labels,
@@ -92,9 +96,9 @@ def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None =
 def run(args: argparse.Namespace) -> int:
     if args.instance_opt < 0:
         raise CommandError(f"--instance-opt must be >= 0, got {args.instance_opt}")
-    register_and_write(
-        _inputs(args), args.out, args.model, affine=not args.no_affine, affine_only=args.affine_only,
-        instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
-        precision=args.precision,
-    )
+    options = dict(affine=not args.no_affine, affine_only=args.affine_only, instance_opt=args.instance_opt,
+                   device=args.device, spacing=args.spacing, similarity=args.similarity, precision=args.precision)
+    if register_batch.requested(args):
+        return register_batch.run(args, options)
+    register_and_write(_inputs(args), args.out, args.model, **options)
     return 0
