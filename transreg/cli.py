@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "train", "finetune", "evaluate", "compare")
+COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "train", "finetune", "evaluate", "compare", "apply")
 
 
 class CommandError(Exception):
