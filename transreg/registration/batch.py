@@ -233,6 +233,10 @@ def run_batch(pairs: Sequence[Pair], out: str | os.PathLike[str], model: str | N
             return rows
         rows = [row for part in gathered or [] for row in part]
     rows.sort(key=lambda row: order[row["name"]])
+    try:
+        (out / PARTIAL).rmdir()  # every rank is done: nothing is being written
+    except OSError:
+        pass
     summary = _write_summary(out, rows)
     counts = collections.Counter(row["status"] for row in rows)
     done = counts["ok"]
@@ -261,7 +265,7 @@ def _register_all(todo: Sequence[Pair], out: Path, model_name: str, device: torc
     def finish(pair: Pair, report: dict | None, error: str = "") -> None:
         rows.append(_row(pair, "failed" if error else "ok", report, error, rank))
         if error:
-            bar.write(f"[failed] {pair.name}: {error}")
+            bar.write(f"[failed] {pair.name}: {error}", file=sys.stderr)
         bar.update()
 
     def collect() -> None:
