@@ -196,9 +196,9 @@ def test_torchrun_two_processes_write_each_pair_once(data, tmp_path):
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0/2: 3 pairs" in done.stdout and "rank 1/2: 3 pairs" in done.stdout
-    rows = _summary(out)  # merged by rank 0
-    assert [r["name"] for r in rows] == [f"p{k:02d}" for k in range(6)]
+    rows = _summary(out)  # merged by rank 0: one row per pair each rank registered
+    assert [r["name"] for r in rows] == [f"p{k:02d}" for k in range(6)]  # each pair once, by one rank
     assert all(r["status"] == "ok" and r["rank"] == str(k % 2) for k, r in enumerate(rows))
     assert done.stdout.count("registered 6, skipped 0, failed 0") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"] + [f"p{k:02d}" for k in range(6)]
+    assert sorted(p.name for p in out.iterdir()) == [f"p{k:02d}" for k in range(6)] + ["summary.csv"]
     assert all(_complete(out / f"p{k:02d}") for k in range(6))
