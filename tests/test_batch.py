@@ -202,3 +202,18 @@ def test_torchrun_two_processes_write_each_pair_once(data, tmp_path):
     assert done.stdout.count("registered 6, skipped 0, failed 0") == 1
     assert sorted(p.name for p in out.iterdir()) == [f"p{k:02d}" for k in range(6)] + ["summary.csv"]
     assert all(_complete(out / f"p{k:02d}") for k in range(6))
+
+
+def test_resume_redoes_an_incomplete_folder_and_replaces_it(data, tmp_path):
+    csv_path = _pairs_csv(tmp_path / "pairs.csv", data, 2, labels=False)
+    out = tmp_path / "out"
+    common = ["register", "--pairs", str(csv_path), "-o", str(out), "--model", str(data / "ckpt"), "--no-affine",
+              "--device", "cpu", "--workers", "0", "--no-progress"]
+    assert main(common) == 0
+    (out / "p01" / "warped.nii.gz").unlink()  # e.g. a folder someone emptied by hand: not complete any more
+    kept = (out / "p00" / "report.json").stat()
+    assert main([*common, "--resume"]) == 0
+    assert [(r["name"], r["status"]) for r in _summary(out)] == [("p00", "skipped"), ("p01", "ok")]
+    assert (out / "p00" / "report.json").stat().st_mtime_ns == kept.st_mtime_ns
+    assert _complete(out / "p01") and (out / "p01" / "warped.nii.gz").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["p00", "p01", "summary.csv"]
