@@ -183,6 +183,8 @@ def _distributed(device: str | None) -> tuple[int, int, bool, torch.device]:
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but no CUDA GPU is available; use --device cpu")
     info, dev = init_distributed(device or "auto")
+    if info.world == 1:  # as the single-pair command chooses it (reports name "cuda", not "cuda:0")
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return info.rank, info.world, info.owns_group, dev
 
 
