@@ -12,7 +12,8 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "release", "train", "finetune", "evaluate", "compare")
+COMMANDS = ("list", "register", "demo", "convert", "info", "pull", "push", "release", "train", "finetune", "evaluate",
+            "compare", "apply")
 
 
 class CommandError(Exception):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from ..cli import CommandError
+from . import register_batch
 from ..registration.defaults import AFFINE_MODES, DEFAULT_AFFINE_MODE, DEFAULT_MODEL, PRECISIONS, default_model, sample_pair
 from ..registration.outputs import check_output_dir, parse_outputs
 
@@ -66,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "with folding and Dice; the QC step runs only for it)")
     p.add_argument("--uncompressed", action="store_true",
                    help="write .nii instead of .nii.gz (faster to write, larger files)")
+    register_batch.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -74,6 +76,8 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
         if args.moving or args.fixed or args.moving_labels or args.fixed_labels:
             raise CommandError("--sample brings its own images and label maps; give no other inputs")
         return dict(sample_pair())
+    if args.more_moving:
+        raise CommandError("give one MOVING and one FIXED image (more moving images need --atlas)")
     if args.moving is None or args.fixed is None:
         raise CommandError("give MOVING and FIXED images (or --sample for the shipped sample pair)")
     return {"moving": args.moving, "fixed": args.fixed, "moving_labels": args.moving_labels,
@@ -114,12 +118,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--no-affine and --affine {args.affine} contradict each other; give one")
     if args.affine_only and args.affine == "none":
         raise CommandError("--affine-only with --affine none leaves nothing to do")
-    mode = "none" if args.no_affine else (args.affine or True)
+    options = dict(affine="none" if args.no_affine else (args.affine or True), affine_only=args.affine_only,
+                   affine_model=args.affine_model, instance_opt=args.instance_opt, device=args.device,
+                   spacing=args.spacing, similarity=args.similarity, precision=args.precision)
+    if register_batch.requested(args):
+        if args.outputs is not None or args.uncompressed:
+            raise CommandError("--outputs and --uncompressed apply to one pair: batch mode writes every output "
+                               "(--resume reads each pair's report.json)")
+        return register_batch.run(args, options)
     outputs = None if args.outputs is None else parse_outputs(args.outputs)
-    register_and_write(
-        _inputs(args), args.out, args.model, outputs, not args.uncompressed,
-        affine=mode, affine_only=args.affine_only, affine_model=args.affine_model,
-        instance_opt=args.instance_opt, device=args.device, spacing=args.spacing, similarity=args.similarity,
-        precision=args.precision,
-    )
+    register_and_write(_inputs(args), args.out, args.model, outputs, not args.uncompressed, **options)
     return 0

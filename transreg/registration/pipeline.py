@@ -77,13 +77,17 @@ def network_for(model: str | os.PathLike[str] | nn.Module, ndim: int) -> nn.Modu
     from ..zoo.factory import model_for
 
     net = model if isinstance(model, nn.Module) else model_for(model, ndim=ndim)
+    if isinstance(model, str):
+        net.model_name = model  # reports name it as given, also when the module is passed on (batch mode)
     if getattr(net, "ndim", ndim) != ndim:
         raise ImageError(f"model {_model_name(model, net)!r} is {net.ndim}-D but the images are {ndim}-D")
     return net.eval()
 
 
 def _model_name(model: str | nn.Module, net: nn.Module) -> str:
-    return model if isinstance(model, str) else getattr(net, "architecture", type(net).__name__)
+    if isinstance(model, str):
+        return model
+    return getattr(net, "model_name", None) or getattr(net, "architecture", type(net).__name__)
 
 
 def _model_info(model: str | nn.Module, net: nn.Module) -> dict[str, Any]:
