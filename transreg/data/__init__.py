@@ -4,6 +4,9 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 
 - ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
 - ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
+- ``synthbrain:CSV`` / ``synthbrain-t1mean:CSV`` — contrast-agnostic brain pairs drawn on
+  the fly from the (aligned) label maps listed in ``CSV``, and fixed T1-mean pairs for
+  validation (:mod:`transreg.data.brain_synth`);
 - a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
 - a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
   pairs (``moving,fixed[,...]``).
@@ -22,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .augment import augment_pair, random_affine
+from .brain_synth import SynthBrainPairs, T1MeanPairs
 from .nifti import PairDataset, Subject, all_label_values, find_subjects, load_subjects, read_csv
 from .sampler import StepBatchSampler
 from .synthetic import DataError, LabelMapPairs, ShapesPairs
@@ -30,6 +34,8 @@ __all__ = [
     "DataError",
     "ShapesPairs",
     "LabelMapPairs",
+    "SynthBrainPairs",
+    "T1MeanPairs",
     "PairDataset",
     "StepBatchSampler",
     "augment_pair",
@@ -69,9 +75,24 @@ def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] |
     raise DataError(f"data {spec!r} does not exist (a folder, a .csv, synthetic:shapes or synthetic:labels:DIR)")
 
 
-def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float = 0.0) -> tuple[Dataset, Dataset | None]:
+def _synth_brain(spec: str, cfg: Any, seed: int, label_values: Any) -> Dataset:
+    kind, _, csv = spec.partition(":")
+    if not csv:
+        raise DataError(f"data {spec!r} needs a CSV: {kind}:PATH.csv (image,labels,group)")
+    if kind == "synthbrain":
+        if cfg.size is None:
+            raise DataError(f"data {spec!r} needs data.size (the label maps' shape)")
+        return SynthBrainPairs(csv, cfg.size, seed=seed, label_values=label_values)
+    return T1MeanPairs(csv, size=cfg.size, seed=seed, label_values=label_values)
+
+
+def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float = 0.0,
+                 label_values: Any = None) -> tuple[Dataset, Dataset | None]:
     """Dataset of one spec and, if ``holdout`` > 0, a validation dataset of that fraction
-    of its subjects (random-pair and atlas sources only)."""
+    of its subjects (random-pair and atlas sources only). ``label_values`` fixes the label
+    numbering of ``synthbrain`` sources (the training one, for validation data)."""
+    if spec.startswith(("synthbrain:", "synthbrain-t1mean:")):
+        return _synth_brain(spec, cfg, seed, label_values), None
     if spec.startswith("synthetic:"):
         return _synthetic(spec, cfg, seed, length=10_000), None
     subjects, pairs = _subjects(spec)
@@ -113,7 +134,8 @@ def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
     holdout = cfg.val_split if cfg.val is None else 0.0
     train, val = build_source(cfg.train, cfg, seed, augment=True, holdout=holdout)
     if cfg.val is not None:
-        val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False)
+        val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False,
+                              label_values=getattr(train, "label_values", None))
         if isinstance(val, (ShapesPairs, LabelMapPairs)):
             val.length = cfg.val_pairs
     elif isinstance(train, (ShapesPairs, LabelMapPairs)):
