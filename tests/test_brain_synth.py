@@ -195,3 +195,19 @@ def test_errors_name_the_file(data):
         SynthBrainPairs(data / "val.csv", SHAPE)
     with pytest.raises(DataError, match="needs a CSV"):
         build_datasets(DataConfig(train="synthbrain:", size=list(SHAPE)))
+
+
+def test_t1_pairs_use_the_t1_classes_and_priors(data):
+    settings = SynthSettings(**{**QUIET.__dict__, "p_t1": 1.0})
+    ds = SynthBrainPairs(data / "train.csv", SHAPE, seed=0, settings=settings)
+    for k in range(4):
+        item = ds[k]
+        means = _label_means(item["moving"][0], item["moving_labels"][0])
+        # T1 priors: label 2 (class 1, 200 ± 1) brighter than label 3 (class 2, 100 ± 1) brighter than background
+        if 1 in means and 2 in means:
+            assert means[1][0] > means[2][0] > means[0][0]
+    cfg = DataConfig(train=f"synthbrain:{data / 'train.csv'}?p_t1=0.25&max_velocity=1", size=list(SHAPE))
+    train, _ = build_datasets(cfg)
+    assert train.settings.p_t1 == 0.25 and train.settings.max_velocity == 1.0
+    with pytest.raises(DataError, match="unknown synthesis option 'bogus'"):
+        build_datasets(DataConfig(train=f"synthbrain:{data / 'train.csv'}?bogus=1", size=list(SHAPE)))

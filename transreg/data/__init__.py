@@ -4,9 +4,10 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 
 - ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
 - ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
-- ``synthbrain:CSV`` / ``synthbrain-t1mean:CSV`` — contrast-agnostic brain pairs drawn on
-  the fly from the (aligned) label maps listed in ``CSV``, and fixed T1-mean pairs for
-  validation (:mod:`transreg.data.brain_synth`);
+- ``synthbrain:CSV[?key=value&...]`` / ``synthbrain-t1mean:CSV`` — contrast-agnostic brain
+  pairs drawn on the fly from the (aligned) label maps listed in ``CSV`` (options: the
+  numbers of :class:`~transreg.data.brain_synth.SynthSettings`, e.g. ``?p_t1=0.5``), and
+  fixed T1-mean pairs for validation (:mod:`transreg.data.brain_synth`);
 - a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
 - a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
   pairs (``moving,fixed[,...]``).
@@ -18,6 +19,7 @@ dataset (items ``{"moving", "fixed"[, "moving_labels", "fixed_labels"]}``, each
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .augment import augment_pair, random_affine
-from .brain_synth import SynthBrainPairs, T1MeanPairs
+from .brain_synth import SynthBrainPairs, SynthSettings, T1MeanPairs
 from .nifti import PairDataset, Subject, all_label_values, find_subjects, load_subjects, read_csv
 from .sampler import StepBatchSampler
 from .synthetic import DataError, LabelMapPairs, ShapesPairs
@@ -75,14 +77,32 @@ def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] |
     raise DataError(f"data {spec!r} does not exist (a folder, a .csv, synthetic:shapes or synthetic:labels:DIR)")
 
 
+def _synth_settings(spec: str, query: str) -> SynthSettings:
+    """``key=value&key=value`` → :class:`SynthSettings` with those numbers replaced."""
+    fields = {f.name for f in dataclasses.fields(SynthSettings)}
+    values: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, _, text = item.partition("=")
+        if key not in fields or key == "std_range":
+            raise DataError(f"data {spec!r}: unknown synthesis option {key!r}; known: "
+                            f"{', '.join(sorted(fields - {'std_range'}))}")
+        try:
+            values[key] = type(getattr(SynthSettings, key))(float(text))
+        except ValueError:
+            raise DataError(f"data {spec!r}: option {key} needs a number, got {text!r}") from None
+    return SynthSettings(**values)
+
+
 def _synth_brain(spec: str, cfg: Any, seed: int, label_values: Any) -> Dataset:
-    kind, _, csv = spec.partition(":")
+    kind, _, rest = spec.partition(":")
+    csv, _, query = rest.partition("?")
     if not csv:
         raise DataError(f"data {spec!r} needs a CSV: {kind}:PATH.csv (image,labels,group)")
     if kind == "synthbrain":
         if cfg.size is None:
             raise DataError(f"data {spec!r} needs data.size (the label maps' shape)")
-        return SynthBrainPairs(csv, cfg.size, seed=seed, label_values=label_values)
+        return SynthBrainPairs(csv, cfg.size, seed=seed, label_values=label_values,
+                               settings=_synth_settings(spec, query))
     return T1MeanPairs(csv, size=cfg.size, seed=seed, label_values=label_values)
 
 

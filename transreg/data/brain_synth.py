@@ -43,7 +43,10 @@ class SynthSettings:
     ``affine_degrees`` / ``affine_scale`` / ``affine_shift`` (voxels): the residual affine
     applied to the moving map only (what the affine stage leaves); ``p_independent``: the
     share of pairs whose moving and fixed images get independent class intensities (the
-    others share them: same contrast, own noise, blur, bias and gamma); ``std_range``: the
+    others share them: same contrast, own noise, blur, bias and gamma); ``p_t1``: the share
+    of pairs whose images instead take T1-like intensities, each image its own draw of the
+    T1 class means from SynthSeg's priors (``N(prior mean, prior std)``, as zoo v1's data);
+    ``std_range``: the
     per-class noise std; ``max_blur`` (voxels), ``max_bias`` (std of the log bias field),
     ``gamma_std`` (std of the log gamma exponent).
     """
@@ -54,6 +57,7 @@ class SynthSettings:
     affine_scale: float = 0.02
     affine_shift: float = 1.0
     p_independent: float = 0.5
+    p_t1: float = 0.0
     std_range: tuple[float, float] = (0.0, 0.08)
     max_blur: float = 1.0
     max_bias: float = 0.3
@@ -95,6 +99,8 @@ class SynthBrainPairs(Dataset):
         if not self.pairs:
             raise DataError(f"{csv}: no two subjects share a group: nothing to pair")
         self.lut, self.num_classes = class_lut(table, self.maps, "fine")
+        self.t1_lut, self.num_t1 = class_lut(table, self.maps, "t1")
+        self.t1_prior = torch.as_tensor(table.t1_means / 255.0, dtype=torch.float32)  # (2, T1 classes)
         self.label_values = self.maps.label_values
         self.num_labels = self.maps.num_labels
 
@@ -108,21 +114,32 @@ class SynthBrainPairs(Dataset):
             flow = compose(random_affine(self.size, gen, s.affine_degrees, s.affine_scale, s.affine_shift), flow)
         return warp(self.maps.maps[index].float(), flow, mode="nearest").long()
 
-    def _image(self, gen_map: Tensor, gen: torch.Generator, means: Tensor) -> Tensor:
+    def _image(self, gen_map: Tensor, gen: torch.Generator, means: Tensor, t1: bool) -> Tensor:
         s = self.settings
-        return synthesize_image(self.lut[gen_map], self.num_classes, gen, std_range=s.std_range, max_blur=s.max_blur,
+        lut = self.t1_lut if t1 else self.lut
+        return synthesize_image(lut[gen_map], len(means), gen, std_range=s.std_range, max_blur=s.max_blur,
                                 max_bias=s.max_bias, gamma_std=s.gamma_std, means=means)
+
+    def _t1_means(self, gen: torch.Generator) -> Tensor:
+        """One draw of the T1 class means in [0, 1] (classes beyond the priors: their mean)."""
+        mu, sd = self.t1_prior
+        means = (mu + sd * torch.randn(len(mu), generator=gen)).clamp(0.0, 1.0)
+        return torch.cat([means, means.mean().repeat(self.num_t1 - len(mu))])
 
     def __getitem__(self, key: int) -> dict[str, Tensor]:
         gen = item_generator(self.seed, int(key))
         i, j = self.pairs[int(torch.randint(len(self.pairs), (), generator=gen))]
         independent = float(torch.rand((), generator=gen)) < self.settings.p_independent
+        t1 = self.settings.p_t1 > 0 and float(torch.rand((), generator=gen)) < self.settings.p_t1
         shared = torch.rand(self.num_classes, generator=gen)
         out = {}
         for role, index in (("moving", i), ("fixed", j)):
             gen_map = self._warp_map(index, gen, residual_affine=role == "moving")
-            means = torch.rand(self.num_classes, generator=gen) if independent else shared
-            out[role] = self._image(gen_map, gen, means)[0]
+            if t1:
+                means = self._t1_means(gen)
+            else:
+                means = torch.rand(self.num_classes, generator=gen) if independent else shared
+            out[role] = self._image(gen_map, gen, means, t1)[0]
             out[f"{role}_labels"] = dice_labels(gen_map, self.maps.mask_id)[0]
         return out
 
