@@ -85,37 +85,49 @@ def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None
 
     pairs = read_pairs(BENCH / f"test_{test_set}" / "test_pairs.csv")
     net = _build_model(model, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["steps", "pair", "dice", "folding_percent", "seconds"]
+    with (out / "instance_opt.csv").open("w", newline="") as f:  # rows are appended as they come
+        csv.DictWriter(f, fieldnames=fields, lineterminator="\n").writeheader()
     rows = []
-    first = pairs[0]
-    register(load_image(first.moving), load_image(first.fixed), model=net)  # warm-up
-    for n in steps:
-        for pair in pairs:
-            moving, fixed = load_image(pair.moving), load_image(pair.fixed)
-            ml, fl = load_image(pair.moving_labels, labels=True), load_image(pair.fixed_labels, labels=True)
+    for pair in pairs:  # pairs outer: a stopped run still holds whole curves
+        moving, fixed = load_image(pair.moving), load_image(pair.fixed)
+        ml, fl = load_image(pair.moving_labels, labels=True), load_image(pair.fixed_labels, labels=True)
+        labels = select_labels("aseg30", ml.data, fl.data)
+        for n in steps:
             start = time.perf_counter()
             result = register(moving, fixed, model=net, moving_labels=ml, instance_opt=n)
             seconds = time.perf_counter() - start
-            labels = select_labels("aseg30", ml.data, fl.data)
             score = structure_mean(dice(result.warped_labels.data, fl.data, labels=labels))
             rows.append({"steps": n, "pair": f"{Path(pair.moving).parent.name}->{Path(pair.fixed).parent.name}",
                          "dice": score, "folding_percent": result.report.get("folding_percent"), "seconds": seconds})
+            with (out / "instance_opt.csv").open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, lineterminator="\n").writerow(rows[-1])
             log(f"instance-opt {n}: {rows[-1]['pair']} Dice {score:.4f} {seconds:.1f} s")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "instance_opt.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_instance_table(rows, model, steps, test_set, out)
+
+
+def write_instance_table(rows: list[dict], model: str, steps: list[int], test_set: str, out: Path) -> None:
+    """``out/instance_opt.md`` from the rows (also from a partial ``instance_opt.csv``)."""
+    import numpy as np
+
+    done = sorted({r["pair"] for r in rows if all(any(q["pair"] == r["pair"] and int(q["steps"]) == n for q in rows)
+                                                  for n in steps)})
+    rows = [r for r in rows if r["pair"] in done]
     lines = [f"# Instance optimisation curve — {model}, SynthSeg test pairs ({test_set})", "",
+             f"- pairs: {len(done)} ({', '.join(done)})",
              f"- command: `python evaluate/zoo_v2.py instance-opt --model {model} --steps {' '.join(map(str, steps))} "
              f"--set {test_set}`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M')}; seconds = the whole `transreg.register` of one pair "
-             "(affine stage included), measured on the shared 2-core CPU", "",
+             "(affine stage included; no warm-up run: the median absorbs the first call), measured on the shared 2-core CPU",
+             "",
              "| --instance-opt N | Dice (mean ± std over pairs) | % folding | s / pair (median) |", "|---:|---|---:|---:|"]
     for n in steps:
-        sel = [r for r in rows if r["steps"] == n]
-        d = np.array([r["dice"] for r in sel])
-        fold = np.mean([r["folding_percent"] or 0.0 for r in sel])
-        lines.append(f"| {n} | {d.mean():.3f} ± {d.std():.3f} | {fold:.2f} | {np.median([r['seconds'] for r in sel]):.1f} |")
+        sel = [r for r in rows if int(r["steps"]) == n]
+        d = np.array([float(r["dice"]) for r in sel])
+        fold = np.mean([float(r["folding_percent"] or 0.0) for r in sel])
+        seconds = np.median([float(r["seconds"]) for r in sel])
+        lines.append(f"| {n} | {d.mean():.3f} ± {d.std():.3f} | {fold:.2f} | {seconds:.1f} |")
     (out / "instance_opt.md").write_text("\n".join(lines) + "\n")
     log(f"wrote {out / 'instance_opt.md'}")
 
@@ -163,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--steps", nargs="+", type=int, default=[0, 25, 50, 100])
     p.add_argument("--set", default="t1pv", choices=list(SETS))
+    p.add_argument("--table-only", action="store_true", help="the table from an existing (partial) instance_opt.csv")
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "stage":
@@ -171,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         args.cwd.mkdir(parents=True, exist_ok=True)
         compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd)
     elif args.command == "instance-opt":
-        instance_opt(args.model, args.steps, args.set, RESULTS / "instance_opt")
+        out = RESULTS / "instance_opt" / Path(args.model).name
+        if args.table_only:
+            with (out / "instance_opt.csv").open(newline="") as f:
+                write_instance_table(list(csv.DictReader(f)), args.model, args.steps, args.set, out)
+        else:
+            instance_opt(args.model, args.steps, args.set, out)
     else:
         table()
     return 0
