@@ -56,10 +56,14 @@ def stage(run: Path, name: str, out: Path, step: int | None = None) -> Path:
     return folder
 
 
-def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str], cwd: Path) -> None:
-    """One ``transreg compare`` per test set and dataset → ``RESULTS/<set>_<dataset>[_tag]/``."""
+def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str], cwd: Path,
+            datasets: list[str]) -> None:
+    """One ``transreg compare`` per test set and dataset → ``RESULTS/<set>_<dataset>/<tag>/``
+    (``all`` with the baselines, else the models' names)."""
     for test_set in sets:
         for dataset, csv_name, labels, title in BENCHMARKS:
+            if dataset not in datasets:
+                continue
             pairs = BENCH / f"test_{test_set}" / csv_name
             if not pairs.is_file():
                 raise SystemExit(f"zoo_v2: {pairs} is missing: run python evaluate/synth_test.py first")
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare")
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    p.add_argument("--datasets", nargs="+", default=[b[0] for b in BENCHMARKS], choices=[b[0] for b in BENCHMARKS])
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--cwd", type=Path, default=REPO / "runs" / "zoo_v2" / "checkpoints",
                    help="folder the model names are resolved in (staged checkpoints)")
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         stage(args.run, args.name, args.out, args.step)
     elif args.command == "compare":
         args.cwd.mkdir(parents=True, exist_ok=True)
-        compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd)
+        compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd, args.datasets)
     elif args.command == "instance-opt":
         out = RESULTS / "instance_opt" / Path(args.model).name
         if args.table_only:
