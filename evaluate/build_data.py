@@ -30,6 +30,10 @@ ids) first 14 train, next 2 validation, last 4 test. Outputs under ``--out``::
     val_pairs.csv, val_pairs_hcp.csv
     train_aligned.csv, val_aligned.csv   image,labels,group (dataset) of the aligned volumes (for
                                          `transreg train`: random pairs within a dataset)
+    generation_*.npy, prior_means_t1.npy SynthSeg's generation tables (copied), and
+    generation_aliases.json              the aligned HCP labels → the aseg labels whose classes they
+                                         take, "mask" → CSF in the "mask_groups" (for the ``synthbrain:`` data specs,
+                                         transreg/data/generation.py)
 
 ``aligned/`` holds every subject affinely registered by transreg's affine stage
 (:func:`transreg.register` with ``affine_only=True``) to one common space: the first
@@ -253,6 +257,23 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
         log(f"aligned {src.name} ({time.perf_counter() - start:.1f} s)")
 
 
+GENERATION_FILES = ("generation_labels.npy", "generation_classes.npy", "generation_classes_contrast_specific.npy",
+                    "prior_means_t1.npy")
+
+
+def write_generation_tables(data: Path, out: Path) -> None:
+    """SynthSeg's generation tables and the HCP aliases next to the CSVs (module docstring)."""
+    import json
+    import shutil
+
+    for name in GENERATION_FILES:
+        shutil.copyfile(data / "synthseg_labelmaps" / name, out / name)
+    aliases = {str(hcp + HCP_ALIGNED_LABEL_OFFSET): aseg for hcp, aseg in HCP_AS_ASEG.items()}
+    aliases["mask"] = HCP_MASK_AS_ASEG
+    aliases["mask_groups"] = ["hcp"]
+    (out / "generation_aliases.json").write_text(json.dumps(aliases, indent=1) + "\n")
+
+
 def build(data: Path, out: Path, spacing: int = 2, subjects: list[str] | None = None, aligned: bool = True,
           aligned_size: tuple[int, ...] | None = None, device: str = "cpu", log=print) -> list[Source]:
     """Build the benchmark data (module docstring) → the subjects written."""
@@ -268,6 +289,7 @@ def build(data: Path, out: Path, spacing: int = 2, subjects: list[str] | None = 
                          "add it to --subjects or pass --no-aligned")
     priors = T1Priors(data / "synthseg_labelmaps")
     out.mkdir(parents=True, exist_ok=True)
+    write_generation_tables(data, out)
     rows = []
     for src in chosen:
         image, labels, affine = make_native(src, priors, spacing)

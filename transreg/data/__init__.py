@@ -7,6 +7,10 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 - ``synthetic:affine:GLOB`` — label maps under large random affines on ``data.spacing`` mm
   grids, for the learned affine stage (:mod:`transreg.data.affine_pairs`; ranges
   ``affine_degrees``, ``affine_scale``, ``affine_shift`` in voxels of that grid);
+- ``synthbrain:CSV[?key=value&...]`` / ``synthbrain-t1mean:CSV`` — contrast-agnostic brain
+  pairs drawn on the fly from the (aligned) label maps listed in ``CSV`` (options: the
+  numbers of :class:`~transreg.data.brain_synth.SynthSettings`, e.g. ``?p_t1=0.5``), and
+  fixed T1-mean pairs for validation (:mod:`transreg.data.brain_synth`);
 - a folder of NIfTI images (see :mod:`transreg.data.nifti` for the layouts);
 - a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
   pairs (``moving,fixed[,...]``).
@@ -18,6 +22,7 @@ dataset (items ``{"moving", "fixed"[, "moving_labels", "fixed_labels"]}``, each
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from torch.utils.data import Dataset, Subset
 
 from .affine_pairs import AffineLabelPairs
 from .augment import augment_pair, random_affine
+from .brain_synth import SynthBrainPairs, SynthSettings, T1MeanPairs
 from .nifti import PairDataset, Subject, all_label_values, find_subjects, load_subjects, read_csv
 from .sampler import StepBatchSampler
 from .synthetic import DataError, LabelMapPairs, ShapesPairs
@@ -35,6 +41,8 @@ __all__ = [
     "ShapesPairs",
     "LabelMapPairs",
     "AffineLabelPairs",
+    "SynthBrainPairs",
+    "T1MeanPairs",
     "PairDataset",
     "StepBatchSampler",
     "augment_pair",
@@ -81,9 +89,42 @@ def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] |
     raise DataError(f"data {spec!r} does not exist (a folder, a .csv, synthetic:shapes or synthetic:labels:DIR)")
 
 
-def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float = 0.0) -> tuple[Dataset, Dataset | None]:
+def _synth_settings(spec: str, query: str) -> SynthSettings:
+    """``key=value&key=value`` → :class:`SynthSettings` with those numbers replaced."""
+    fields = {f.name for f in dataclasses.fields(SynthSettings)}
+    values: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, _, text = item.partition("=")
+        if key not in fields or key == "std_range":
+            raise DataError(f"data {spec!r}: unknown synthesis option {key!r}; known: "
+                            f"{', '.join(sorted(fields - {'std_range'}))}")
+        try:
+            values[key] = type(getattr(SynthSettings, key))(float(text))
+        except ValueError:
+            raise DataError(f"data {spec!r}: option {key} needs a number, got {text!r}") from None
+    return SynthSettings(**values)
+
+
+def _synth_brain(spec: str, cfg: Any, seed: int, label_values: Any) -> Dataset:
+    kind, _, rest = spec.partition(":")
+    csv, _, query = rest.partition("?")
+    if not csv:
+        raise DataError(f"data {spec!r} needs a CSV: {kind}:PATH.csv (image,labels,group)")
+    if kind == "synthbrain":
+        if cfg.size is None:
+            raise DataError(f"data {spec!r} needs data.size (the label maps' shape)")
+        return SynthBrainPairs(csv, cfg.size, seed=seed, label_values=label_values,
+                               settings=_synth_settings(spec, query))
+    return T1MeanPairs(csv, size=cfg.size, seed=seed, label_values=label_values)
+
+
+def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float = 0.0,
+                 label_values: Any = None) -> tuple[Dataset, Dataset | None]:
     """Dataset of one spec and, if ``holdout`` > 0, a validation dataset of that fraction
-    of its subjects (random-pair and atlas sources only)."""
+    of its subjects (random-pair and atlas sources only). ``label_values`` fixes the label
+    numbering of ``synthbrain`` sources (the training one, for validation data)."""
+    if spec.startswith(("synthbrain:", "synthbrain-t1mean:")):
+        return _synth_brain(spec, cfg, seed, label_values), None
     if spec.startswith("synthetic:"):
         return _synthetic(spec, cfg, seed, length=10_000), None
     subjects, pairs = _subjects(spec)
@@ -125,7 +166,8 @@ def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
     holdout = cfg.val_split if cfg.val is None else 0.0
     train, val = build_source(cfg.train, cfg, seed, augment=True, holdout=holdout)
     if cfg.val is not None:
-        val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False)
+        val, _ = build_source(cfg.val, cfg, seed + VAL_SEED_OFFSET, augment=False,
+                              label_values=getattr(train, "label_values", None))
         if isinstance(val, _SYNTHETIC):
             val.length = cfg.val_pairs
     elif isinstance(train, _SYNTHETIC):

@@ -1,0 +1,204 @@
+"""Zoo v2 evaluation (issue 19): v1 vs v2 on test images of another synthesis.
+
+Stages (each writes under ``evaluate/results/zoo_v2/``; every ``summary.md`` starts with
+its exact ``transreg compare`` command):
+
+    python evaluate/build_data.py && python evaluate/synth_test.py && python evaluate/synth_test.py --contrast t2like
+    python evaluate/zoo_v2.py stage --run runs/zoo_v2/transmorph_micro        # its final/ → runs/zoo_v2/checkpoints/
+    python evaluate/zoo_v2.py compare --models transmorph_micro.synth_brain CKPT ...  [--sets t1pv t2likepv]
+    python evaluate/zoo_v2.py instance-opt --model CKPT --steps 0 25 50 100
+    python evaluate/zoo_v2.py table                                          # README.md from the summaries
+
+Test sets (``evaluate/synth_test.py``): ``t1pv`` — the test subjects' images re-made at
+1 mm with T1 prior intensities, partial volume, Rician noise, polynomial bias (no training
+draws from it); ``t2likepv`` — the same with the brain's T1 intensities mirrored (a
+contrast no T1-only training has seen). Each set: SynthSeg 10-12 all ordered pairs (Dice
+over the aseg labels), the 4 HCP test subjects' ordered pairs (their 5 labels). Full
+pipeline from native position (affine stage, network, resampling), as zoo v1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "data" / "bench_2mm"
+RESULTS = REPO / "evaluate" / "results" / "zoo_v2"
+SETS = {"t1pv": "1 mm T1 synthesis + partial volume", "t2likepv": "1 mm mirrored-T1 (T2-like) synthesis + partial volume"}
+BENCHMARKS = (("synthseg", "test_pairs.csv", "aseg30", "SynthSeg 10-12 test pairs"),
+              ("hcp", "test_pairs_hcp.csv", "all", "HCP test pairs"))
+MODALITY_V2 = "brain MR of any contrast, skull-stripped, 2 mm (trained on synthetic random-contrast and T1-like intensities)"
+
+
+def log(message: str) -> None:
+    print(f"[zoo_v2 {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def stage(run: Path, name: str, out: Path, step: int | None = None) -> Path:
+    """``out/name/`` = a run's ``final/`` (or ``checkpoints/step_N``) config + weights, the
+    modality filled in (the folder name is the method's name in the tables)."""
+    source = run / "final" if step is None else run / "checkpoints" / f"step_{step:08d}"
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "model.safetensors", folder / "model.safetensors")
+    config = json.loads((source / "config.json").read_text())
+    config["preprocessing"]["modality"] = MODALITY_V2
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if (source / "README.md").is_file():
+        shutil.copyfile(source / "README.md", folder / "README.md")
+    log(f"staged {source} → {folder}")
+    return folder
+
+
+def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str], cwd: Path,
+            datasets: list[str]) -> None:
+    """One ``transreg compare`` per test set and dataset → ``RESULTS/<set>_<dataset>/<tag>/``
+    (``all`` with the baselines, else the models' names)."""
+    for test_set in sets:
+        for dataset, csv_name, labels, title in BENCHMARKS:
+            if dataset not in datasets:
+                continue
+            pairs = BENCH / f"test_{test_set}" / csv_name
+            if not pairs.is_file():
+                raise SystemExit(f"zoo_v2: {pairs} is missing: run python evaluate/synth_test.py first")
+            out = RESULTS / f"{test_set}_{dataset}" / ("all" if baselines else "_".join(Path(m).name for m in models))
+            cmd = [sys.executable, "-m", "transreg", "compare", "--models", *models, "--data", str(pairs), "-o", str(out),
+                   "--labels", labels, "--no-progress", "--title", f"zoo v2 — {title}, {SETS[test_set]}"]
+            cmd += [] if baselines else ["--no-baselines", "--no-ants"]
+            cmd += extra
+            log(" ".join(cmd))
+            subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None:
+    """Dice (aseg labels) and seconds per pair of ``transreg.register(..., instance_opt=N)``
+    on the SynthSeg test pairs of ``test_set`` → ``out/instance_opt.csv`` and ``.md``."""
+    import numpy as np
+
+    from transreg import register
+    from transreg.evaluation.dataset import read_pairs, select_labels
+    from transreg.io import load_image
+    from transreg.metrics import dice, structure_mean
+    from transreg.register import _build_model
+
+    pairs = read_pairs(BENCH / f"test_{test_set}" / "test_pairs.csv")
+    net = _build_model(model, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["steps", "pair", "dice", "folding_percent", "seconds"]
+    with (out / "instance_opt.csv").open("w", newline="") as f:  # rows are appended as they come
+        csv.DictWriter(f, fieldnames=fields, lineterminator="\n").writeheader()
+    rows = []
+    for pair in pairs:  # pairs outer: a stopped run still holds whole curves
+        moving, fixed = load_image(pair.moving), load_image(pair.fixed)
+        ml, fl = load_image(pair.moving_labels, labels=True), load_image(pair.fixed_labels, labels=True)
+        labels = select_labels("aseg30", ml.data, fl.data)
+        for n in steps:
+            start = time.perf_counter()
+            result = register(moving, fixed, model=net, moving_labels=ml, instance_opt=n)
+            seconds = time.perf_counter() - start
+            score = structure_mean(dice(result.warped_labels.data, fl.data, labels=labels))
+            rows.append({"steps": n, "pair": f"{Path(pair.moving).parent.name}->{Path(pair.fixed).parent.name}",
+                         "dice": score, "folding_percent": result.report.get("folding_percent"), "seconds": seconds})
+            with (out / "instance_opt.csv").open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, lineterminator="\n").writerow(rows[-1])
+            log(f"instance-opt {n}: {rows[-1]['pair']} Dice {score:.4f} {seconds:.1f} s")
+    write_instance_table(rows, model, steps, test_set, out)
+
+
+def write_instance_table(rows: list[dict], model: str, steps: list[int], test_set: str, out: Path) -> None:
+    """``out/instance_opt.md`` from the rows (also from a partial ``instance_opt.csv``)."""
+    import numpy as np
+
+    done = sorted({r["pair"] for r in rows if all(any(q["pair"] == r["pair"] and int(q["steps"]) == n for q in rows)
+                                                  for n in steps)})
+    rows = [r for r in rows if r["pair"] in done]
+    lines = [f"# Instance optimisation curve — {model}, SynthSeg test pairs ({test_set})", "",
+             f"- pairs: {len(done)} ({', '.join(done)})",
+             f"- command: `python evaluate/zoo_v2.py instance-opt --model {model} --steps {' '.join(map(str, steps))} "
+             f"--set {test_set}`",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M')}; seconds = the whole `transreg.register` of one pair "
+             "(affine stage included; no warm-up run: the median absorbs the first call), measured on the shared 2-core CPU",
+             "",
+             "| --instance-opt N | Dice (mean ± std over pairs) | % folding | s / pair (median) |", "|---:|---|---:|---:|"]
+    for n in steps:
+        sel = [r for r in rows if int(r["steps"]) == n]
+        d = np.array([float(r["dice"]) for r in sel])
+        fold = np.mean([float(r["folding_percent"] or 0.0) for r in sel])
+        seconds = np.median([float(r["seconds"]) for r in sel])
+        lines.append(f"| {n} | {d.mean():.3f} ± {d.std():.3f} | {fold:.2f} | {seconds:.1f} |")
+    (out / "instance_opt.md").write_text("\n".join(lines) + "\n")
+    log(f"wrote {out / 'instance_opt.md'}")
+
+
+def table() -> None:
+    """``RESULTS/README.md``: every summary.csv's rows, one table per test set and dataset."""
+    lines = ["# Zoo v2 evaluation", "", "Made by `python evaluate/zoo_v2.py` (module docstring); each folder's "
+             "`summary.md` starts with its exact `transreg compare` command.", ""]
+    for test_set in SETS:
+        for dataset, _, _, title in BENCHMARKS:
+            folder = RESULTS / f"{test_set}_{dataset}"
+            rows = []
+            for summary in sorted(folder.glob("*/summary.csv")):
+                with summary.open(newline="") as f:
+                    rows += [(summary.parent.name, r) for r in csv.DictReader(f)]
+            if not rows:
+                continue
+            lines += [f"## {title}, {SETS[test_set]}", "", "| method | pairs | Dice | DSC30 | HD95 (mm) | % folding | "
+                      "SDlogJ | s / pair | from |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+            for source, r in rows:
+                lines.append(f"| {r['method']} | {r.get('pairs', '')} | {float(r['dice_mean']):.3f} ± {float(r['dice_std']):.3f} | "
+                             f"{float(r['dsc30']):.3f} | {float(r['hd95_mean']):.2f} | {float(r['folding_percent_mean']):.3f} | "
+                             f"{float(r['sdlogj_mean']):.3f} | {float(r['runtime_median_s']):.2f} | {source}/ |")
+            lines.append("")
+    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    log(f"wrote {RESULTS / 'README.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stage")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--name", default="transmorph_micro.synth_brain_v1.1")
+    p.add_argument("--step", type=int, default=None, help="a checkpoint step instead of final/")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "zoo_v2" / "checkpoints")
+    p = sub.add_parser("compare")
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    p.add_argument("--datasets", nargs="+", default=[b[0] for b in BENCHMARKS], choices=[b[0] for b in BENCHMARKS])
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--cwd", type=Path, default=REPO / "runs" / "zoo_v2" / "checkpoints",
+                   help="folder the model names are resolved in (staged checkpoints)")
+    p.add_argument("extra", nargs="*", help="after --: options for transreg compare")
+    p = sub.add_parser("instance-opt")
+    p.add_argument("--model", required=True)
+    p.add_argument("--steps", nargs="+", type=int, default=[0, 25, 50, 100])
+    p.add_argument("--set", default="t1pv", choices=list(SETS))
+    p.add_argument("--table-only", action="store_true", help="the table from an existing (partial) instance_opt.csv")
+    sub.add_parser("table")
+    args = parser.parse_args(argv)
+    if args.command == "stage":
+        stage(args.run, args.name, args.out, args.step)
+    elif args.command == "compare":
+        args.cwd.mkdir(parents=True, exist_ok=True)
+        compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd, args.datasets)
+    elif args.command == "instance-opt":
+        out = RESULTS / "instance_opt" / Path(args.model).name
+        if args.table_only:
+            with (out / "instance_opt.csv").open(newline="") as f:
+                write_instance_table(list(csv.DictReader(f)), args.model, args.steps, args.set, out)
+        else:
+            instance_opt(args.model, args.steps, args.set, out)
+    else:
+        table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
