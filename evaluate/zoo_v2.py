@@ -83,9 +83,9 @@ def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None
 
     from transreg import register
     from transreg.evaluation.dataset import read_pairs, select_labels
-    from transreg.io import load_image
+    from transreg.registration.io import load_image
     from transreg.metrics import dice, structure_mean
-    from transreg.register import _build_model
+    from transreg.registration.pipeline import _build_model
 
     pairs = read_pairs(BENCH / f"test_{test_set}" / "test_pairs.csv")
     net = _build_model(model, 3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from transreg.config import DataConfig
+from transreg.training.config import DataConfig
 from transreg.data import DataError, SynthBrainPairs, T1MeanPairs, build_datasets
 from transreg.data.brain_maps import brain_envelope
 from transreg.data.brain_synth import SynthSettings

@@ -372,8 +372,8 @@ def test_cli_push_pull_info(hub, checkpoint, tmp_path, capsys):
     commit = hub.state.repos["org/cli"].tags["v1.1.0"]
     sha = sha256_file(folder / "model.safetensors")
     assert f"as v1.1.0 (commit {commit})" in out
-    assert (f"PretrainedTag(arch='transmorph_tiny', tag='demo', hf_hub_id='org/cli', version='v1.1.0', "
-            f"revision='{commit}', sha256='{sha}')") in out
+    assert (f'zoo index entry (transreg/zoo/index.json): {{"name": "transmorph_tiny.demo", "version": "v1.1.0", '
+            f'"hf_hub_id": "org/cli", "commit": "{commit}", "sha256": "{sha}"}}') in out
 
     assert cli_main(args) == 2  # the version exists: refused, one line
     err = capsys.readouterr().err.strip()

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 import warnings
 from typing import Any, Sequence
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Errors print one line (exit 2); Ctrl-C or SIGTERM prints one line
     and exits 130 (a command's temporary outputs are removed on the way out)."""
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -54,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"transreg {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

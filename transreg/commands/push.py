@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", required=True, help="vMAJOR.MINOR.PATCH, e.g. v1.1.0")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--message", help="commit message")
-    p.add_argument("--tag", help="also print the transreg/zoo.py entry pinning this version as pretrained tag ARCH.TAG")
+    p.add_argument("--tag", help="also print the zoo index entry (transreg/zoo/index.json) pinning this version "
+                                 "as pretrained tag ARCH.TAG")
     p.set_defaults(func=run)
 
 
@@ -25,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"model.safetensors sha256 {result.sha256}")
     print(f"load it with transreg.create_model('hf-hub:{result.repo_id}@{result.version}', pretrained=True)")
     if args.tag:
-        print(f"registry entry for transreg/zoo.py: {result.pretrained_tag(args.tag)}")
+        print(f"zoo index entry (transreg/zoo/index.json): {result.index_entry(args.tag)}")
     return 0

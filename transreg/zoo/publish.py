@@ -6,6 +6,7 @@ version and repo); tags never move.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from . import cards
 from .checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_config, sha256_file, weights_path
 from .factory import load_checkpoint
 from .hub import VERSION_RE, HubError, VersionError, hub_api, is_offline, validate_version
+from .index import entry_record
+from .registry import PretrainedTag
 from .sources import REPO_ID_RE
 
 __all__ = ["PushResult", "push_to_hub"]
@@ -30,15 +33,15 @@ class PushResult:
     sha256: str
     architecture: str
 
-    def pretrained_tag(self, name: str) -> str:
-        """Python source of the :class:`~transreg.zoo.registry.PretrainedTag` ``name`` (``arch.tag``) pinning this version."""
+    def index_entry(self, name: str) -> str:
+        """The JSON record of this version for the zoo index (``transreg/zoo/index.json``) as
+        the pretrained tag ``name`` (``arch.tag``); ``transreg release`` writes such records itself."""
         arch, _, tag = name.partition(".")
         if arch != self.architecture or not tag:
             raise HubError(f"pretrained tag {name!r} must be {self.architecture}.TAG")
-        return (
-            f"PretrainedTag(arch={self.architecture!r}, tag={tag!r}, hf_hub_id={self.repo_id!r}, "
-            f"version={self.version!r}, revision={self.commit!r}, sha256={self.sha256!r})"
-        )
+        entry = PretrainedTag(arch=arch, tag=tag, hf_hub_id=self.repo_id, version=self.version,
+                              revision=self.commit, sha256=self.sha256)
+        return json.dumps(entry_record(entry))
 
 
 def _stamped_card(folder: Path, repo_id: str, version: str, architecture: str) -> bytes:
