@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..zoo.index import index_path, load_index
-from ..zoo.release import SOURCE_ROOT, release
+from ..zoo.index import SOURCE_ROOT, index_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.index import load_index
+    from ..zoo.release import release  # imports torch (checkpoint files)
+
     index = load_index(args.index)
     steps = release(index, args.root, dry_run=args.dry_run)
     pushed = sum(step.action == "push" for step in steps)

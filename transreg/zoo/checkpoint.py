@@ -28,14 +28,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
-from torch import nn
 
 from .preprocessing import PreprocessingError, PreprocessingSpec, intensity_from_format1
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: file checks stay light
+    import torch
+    from torch import nn
 
 __all__ = [
     "CONFIG_NAME",
@@ -168,6 +169,8 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
     (safetensors orders the header's JSON keys differently from one call to the next.)
     """
+    from safetensors.torch import save
+
     raw = save(tensors, metadata=metadata)
     n = int.from_bytes(raw[:8], "little")
     header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
@@ -300,7 +303,7 @@ def weights_path(folder: str | os.PathLike[str]) -> Path:
             f"{path} is a {kind}, not safetensors: transreg never unpickles; convert it with transreg.save_pretrained"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             f.metadata()
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from None
@@ -308,7 +311,7 @@ def weights_path(folder: str | os.PathLike[str]) -> Path:
 
 
 def _weights_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:
         return dict(f.metadata() or {})
 
 
@@ -323,7 +326,7 @@ def count_parameters(folder: str | os.PathLike[str]) -> int:
     if recorded.isdigit():
         return int(recorded)
     total = 0
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:
         for key in f.keys():
             n = 1
             for s in f.get_slice(key).get_shape():
@@ -380,6 +383,8 @@ def load_weights(model: nn.Module, folder: str | os.PathLike[str], config: Mappi
         )
     if config.get("weights_sha256"):
         verify_sha256(path, config["weights_sha256"], f"recorded in {folder / CONFIG_NAME}")
+    from safetensors.torch import load_file
+
     state = load_file(str(path), device="cpu")
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)

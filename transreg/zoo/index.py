@@ -26,10 +26,14 @@ from typing import Any
 from .registry import PretrainedTag, register_alias, register_pretrained, split_model_name
 
 __all__ = ["ZooIndex", "Alias", "ZooIndexError", "index_path", "load_index", "write_index", "entry_record",
-           "PRETRAINED", "DEFAULT_CHECKPOINT", "INDEX"]
+           "PRETRAINED", "DEFAULT_CHECKPOINT", "DEFAULT_AFFINE_CHECKPOINT", "INDEX"]
 
 INDEX_ENV = "TRANSREG_ZOO_INDEX"
 PACKAGED_INDEX = Path(__file__).with_name("index.json")
+#: the package folder (shipped copies are relative to it) and the source tree holding it
+#: (recipes and unshipped release folders are relative to that)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = PACKAGE_DIR.parent
 FORMAT = 1
 #: the keys of an entry besides those of :class:`PretrainedTag` (kept in ``PretrainedTag.extra``)
 EXTRA_KEYS = ("size", "parameters", "evaluations", "recipe", "folder")
@@ -50,12 +54,15 @@ class Alias:
 
 @dataclass
 class ZooIndex:
-    """The parsed index file: entries (one per ``arch.tag`` and version), aliases, the default."""
+    """The parsed index file: entries (one per ``arch.tag`` and version), aliases, the
+    default deformable checkpoint and the default affine checkpoint (the learned affine
+    stage's network)."""
 
     entries: list[PretrainedTag]
     aliases: dict[str, Alias] = field(default_factory=dict)
     default: str | None = None
     path: Path | None = None
+    default_affine: str | None = None
 
     def register(self) -> None:
         """Register every entry and alias with :mod:`transreg.zoo.registry`."""
@@ -111,10 +118,11 @@ def load_index(path: str | os.PathLike[str] | None = None) -> ZooIndex:
             raise ZooIndexError(f"zoo index {path}: alias {old!r} must map to an entry's arch.tag "
                               f"({{\"target\": ..., \"reason\": ...}}) and must not be an entry itself")
         aliases[old] = Alias(old, spec["target"], str(spec.get("reason") or "renamed"))
-    default = data.get("default")
-    if default is not None and default not in names:
-        raise ZooIndexError(f"zoo index {path}: default {default!r} is not an entry")
-    return ZooIndex(entries, aliases, default, path)
+    default, default_affine = data.get("default"), data.get("default_affine")
+    for key, value in (("default", default), ("default_affine", default_affine)):
+        if value is not None and value not in names:
+            raise ZooIndexError(f"zoo index {path}: {key} {value!r} is not an entry")
+    return ZooIndex(entries, aliases, default, path, default_affine)
 
 
 def entry_record(entry: PretrainedTag) -> dict[str, Any]:
@@ -133,6 +141,7 @@ def write_index(index: ZooIndex, path: str | os.PathLike[str] | None = None) -> 
     data = {
         "format": FORMAT,
         "default": index.default,
+        "default_affine": index.default_affine,
         "entries": [entry_record(e) for e in index.entries],
         "aliases": {a.name: {"target": a.target, "reason": a.reason} for a in index.aliases.values()},
     }
@@ -148,3 +157,5 @@ INDEX.register()
 PRETRAINED: tuple[PretrainedTag, ...] = tuple(INDEX.entries)
 #: the default checkpoint (``arch.tag`` of an entry, shipped in the package) or None
 DEFAULT_CHECKPOINT: str | None = INDEX.default
+#: the learned affine stage's default network (``arch.tag`` of an entry) or None
+DEFAULT_AFFINE_CHECKPOINT: str | None = INDEX.default_affine

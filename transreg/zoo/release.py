@@ -19,15 +19,12 @@ from typing import Any, Callable
 
 from . import cards
 from .checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, count_parameters, sha256_file
-from .index import ZooIndex, write_index
+from .index import PACKAGE_DIR, SOURCE_ROOT, ZooIndex, write_index
 from .registry import PretrainedTag
 
 __all__ = ["ReleaseError", "ReleaseStep", "PACKAGE_DIR", "SOURCE_ROOT", "describe_folder", "plan_release",
            "release"]
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-#: the source tree holding the package (recipes and unshipped release folders are relative to it)
-SOURCE_ROOT = PACKAGE_DIR.parent
 RECIPE_NAME = "recipe.yaml"
 
 
