@@ -113,6 +113,17 @@ def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> d
     return {"rows": rows, "summary": summarise(rows, modes)}
 
 
+def merge(rows: list[dict], earlier: list[dict], modes: tuple[str, ...]) -> tuple[str, ...]:
+    """Add to ``rows`` the other modes' numbers of the same pairs from ``earlier`` rows; → all modes."""
+    key = ("variant", "moving", "fixed", "rotation_deg")
+    by_pair = {tuple(r[k] for k in key): r for r in earlier}
+    extra = [m for m in MODES if m not in modes and all(f"dice_{m}" in r for r in earlier)]
+    for row in rows:
+        old = by_pair[tuple(row[k] for k in key)]
+        row.update({k: v for k, v in old.items() if any(k.endswith(f"_{m}") for m in extra)})
+    return tuple(m for m in MODES if m in modes or m in extra)
+
+
 def summarise(rows: list[dict], modes: tuple[str, ...]) -> dict:
     summary = {}
     for variant in ("head", "brain", "all"):
@@ -169,11 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, default=REPO.parent / "shared" / "data" / "synthseg_labelmaps")
     parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "affine_v1")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier affine_modes.json (same pairs) whose modes are kept, e.g. classic")
     parser.add_argument("--affine-model", default=None,
                         help="affine network of the learned modes (default: the zoo's affine checkpoint)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    results = run(args.labels, tuple(args.modes), args.affine_model)
+    modes = tuple(args.modes)
+    results = run(args.labels, modes, args.affine_model)
+    if args.reuse is not None:
+        modes = merge(results["rows"], json.loads(args.reuse.read_text())["rows"], modes)
+        results["summary"] = summarise(results["rows"], modes)
     results["affine_model"] = args.affine_model
     results["threads"] = torch.get_num_threads()
     results["load_average"] = os.getloadavg()
