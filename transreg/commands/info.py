@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..zoo.cards import METRICS, ModelCard, format_axes, read_card
+from ..zoo.cards import METRICS, ModelCard, format_axes, intensity_text, read_card
 from ..zoo.checkpoint import CARD_NAME, count_parameters, read_config
 from ..zoo.factory import resolve_source
 from ..zoo.hub import ResolvedCheckpoint, resolve
@@ -50,7 +50,7 @@ def summary(resolved: ResolvedCheckpoint) -> list[str]:
         f"  spacing:     {format_axes(prep.get('spacing'), 'mm')}",
         f"  orientation: {format_axes(prep.get('orientation'))}",
         f"  size:        {format_axes(prep.get('size'), 'voxels')}",
-        f"  intensity:   {format_axes(prep.get('intensity'))}",
+        f"  intensity:   {intensity_text(prep.get('intensity'))}",
     ]
     if card is None:
         return lines + [f"card:          none ({CARD_NAME} missing)"]

@@ -168,8 +168,8 @@ def register(
     the zoo's); ``affine_only`` stops after the affine stage; ``instance_opt`` Adam steps refine the network's
     displacement on this pair. ``similarity`` (``"mi"``, the default: robust to contrast
     differences between subjects and scanners, or ``"ncc"``) drives the affine stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
-    (:func:`transreg.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
-    :class:`~transreg.io.ImageError` (a ``ValueError``) for unusable inputs.
+    (:func:`transreg.registration.inference.predict`). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
+    :class:`~transreg.registration.io.ImageError` (a ``ValueError``) for unusable inputs.
     """
     mode = affine_mode(affine)
     if affine_only and mode == "none":

@@ -39,7 +39,7 @@ class RegistrationResult:
         """Write every output into ``out_dir`` (created if needed) → ``{name: path}``.
 
         All files are written first and moved into place together: a failure leaves no
-        partial output behind (:func:`transreg.outputs.write_atomically`).
+        partial output behind (:func:`transreg.registration.outputs.write_atomically`).
         """
         def write(folder: Path) -> list[str]:
             start = time.perf_counter()
