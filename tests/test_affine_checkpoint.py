@@ -47,7 +47,7 @@ def test_learned_stage_recovers_a_known_affine(degrees, axis, scale, shift) -> N
     error = np.linalg.norm(world[:3, :3] @ points + world[:3, 3:] - (truth[:3, :3] @ points + truth[:3, 3:]), axis=0)
     start = np.linalg.norm(points - (truth[:3, :3] @ points + truth[:3, 3:]), axis=0)
     assert start.mean() > 15.0  # the known affine moves the brain a lot
-    assert error.mean() < 3.0, (error.mean(), start.mean())
+    assert error.mean() < 1.0, (error.mean(), start.mean())  # measured 0.14 and 0.16 mm
 
 
 def test_rotated_pair_is_never_made_worse_and_refinement_helps() -> None:

@@ -8,6 +8,10 @@ entry to add here after publishing a version; ``train/zoo_v1.py`` prints the ent
 the checkpoints it packaged. Entries are added only for checkpoints that were trained and
 evaluated.
 
+:data:`AFFINE_PRETRAINED` holds the learned affine stage's checkpoints and
+:data:`DEFAULT_AFFINE_CHECKPOINT` the one ``transreg register --affine learned`` uses
+when neither ``--affine-model`` nor the deformable checkpoint names one.
+
 :data:`DEFAULT_CHECKPOINT` names the entry that ``transreg register`` (without ``--model``)
 and ``transreg demo`` use; ``None`` until a trained checkpoint ships, when they fall back
 to the untrained architecture :data:`transreg.registration.defaults.DEFAULT_MODEL`.
@@ -38,8 +42,22 @@ PRETRAINED: tuple[PretrainedTag, ...] = (
     ),
 )
 
+# the learned affine stage (train/affine_v1.py; recipe train/configs/affine_micro_synth_brain.yaml;
+# evaluate/results/affine_v1/)
+AFFINE_PRETRAINED: tuple[PretrainedTag, ...] = (
+    PretrainedTag(
+        arch="affine_micro", tag="synth_brain", hf_hub_id="transreg/affine-micro-synth-brain",
+        version="v1.0.0", revision=None,
+        sha256="55f05b690cf4556bb452f67e60e368068e87f55210846300d9ffacb0529be1dc",
+        local_path="assets/zoo/affine_micro.synth_brain",
+    ),
+)
+
+#: the affine checkpoint of the learned modes of ``transreg register --affine`` (shipped)
+DEFAULT_AFFINE_CHECKPOINT = "affine_micro.synth_brain"
+
 #: the default checkpoint (``arch.tag`` of an entry above, shipped in the package) or None
 DEFAULT_CHECKPOINT: str | None = "transmorph_micro.synth_brain"
 
-for _tag in PRETRAINED:
+for _tag in (*PRETRAINED, *AFFINE_PRETRAINED):
     register_pretrained(_tag)
