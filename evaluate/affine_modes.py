@@ -80,7 +80,8 @@ def unregistered(moving: Image, fixed: Image) -> np.ndarray:
     return sample(data, coords, mode="nearest")[0, 0].numpy().astype(np.int64)
 
 
-def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> dict:
+def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None, rotations: tuple[float, ...],
+        rotated_modes: tuple[str, ...]) -> dict:
     priors = T1Priors(labels_dir)
     rng = np.random.default_rng(20)
     rows = []
@@ -93,12 +94,12 @@ def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> d
                 (moving, moving_labels), (fixed, fixed_labels) = data[m], data[f]
                 base = aseg_dice(unregistered(moving_labels, fixed_labels), fixed_labels.data)
                 axis = rng.normal(size=3)
-                for rotation in (0.0, ROTATION_DEG):
+                for rotation in rotations:
                     mov, mov_labels = (rotated(moving, axis, rotation), rotated(moving_labels, axis, rotation)) \
                         if rotation else (moving, moving_labels)
                     row = {"variant": variant, "moving": m, "fixed": f, "rotation_deg": rotation,
                            "dice_unregistered_native": round(base, 4)}
-                    for mode in modes:
+                    for mode in (rotated_modes if rotation else modes):
                         if mode == "none":
                             row["dice_none"] = round(aseg_dice(unregistered(mov_labels, fixed_labels), fixed_labels.data), 4)
                             continue
@@ -113,13 +114,27 @@ def run(labels_dir: Path, modes: tuple[str, ...], affine_model: str | None) -> d
     return {"rows": rows, "summary": summarise(rows, modes)}
 
 
+def merge(rows: list[dict], earlier: list[dict], modes: tuple[str, ...]) -> tuple[str, ...]:
+    """Add to ``rows`` the other modes' numbers of the same pairs from ``earlier`` rows; → all modes."""
+    key = ("variant", "moving", "fixed", "rotation_deg")
+    by_pair = {tuple(r[k] for k in key): r for r in earlier}
+    extra = [m for m in MODES if m not in modes and any(f"dice_{m}" in r for r in earlier)]
+    for row in rows:
+        old = by_pair.get(tuple(row[k] for k in key), {})
+        row.update({k: v for k, v in old.items() if any(k.endswith(f"_{m}") for m in extra)})
+    return tuple(m for m in MODES if m in modes or m in extra)
+
+
 def summarise(rows: list[dict], modes: tuple[str, ...]) -> dict:
     summary = {}
     for variant in ("head", "brain", "all"):
-        for rotation in (0.0, ROTATION_DEG):
-            chosen = [r for r in rows if (variant == "all" or r["variant"] == variant) and r["rotation_deg"] == rotation]
+        for rotation in sorted({r["rotation_deg"] for r in rows}):
+            pairs = [r for r in rows if (variant == "all" or r["variant"] == variant) and r["rotation_deg"] == rotation]
             entry = {}
             for mode in modes:
+                chosen = [r for r in pairs if f"dice_{mode}" in r]
+                if not chosen:
+                    continue
                 values = np.array([r[f"dice_{mode}"] for r in chosen])
                 entry[mode] = {"dice_mean": round(float(values.mean()), 4), "dice_std": round(float(values.std()), 4),
                                "failures": int(sum(r[f"dice_{mode}"] < r["dice_unregistered_native"] for r in chosen))}
@@ -140,6 +155,11 @@ def default_mode(summary: dict) -> tuple[str, str]:
     chosen = min(close, key=lambda m: native[m]["seconds_median"])
     return chosen, (f"best mean Dice on the native test pairs {best:.3f}; modes within {TIE_DICE}: "
                     f"{', '.join(close)}; the fastest of them: {chosen}")
+
+
+def results_command(path: Path) -> str:
+    """The command that made an earlier results file (recorded in it)."""
+    return json.loads(path.read_text()).get("command", f"# (the run that wrote {path})")
 
 
 def write_page(results: dict, out: Path, command: str) -> None:
@@ -169,17 +189,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, default=REPO.parent / "shared" / "data" / "synthseg_labelmaps")
     parser.add_argument("--out", type=Path, default=REPO / "evaluate" / "results" / "affine_v1")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--rotations", nargs="+", type=float, default=[0.0, ROTATION_DEG],
+                        help="degrees of rotation applied to the moving image (0: the native pair)")
+    parser.add_argument("--rotated-modes", nargs="+", choices=MODES, default=None,
+                        help="the modes run on the rotated pairs (default: --modes)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier affine_modes.json (same pairs) whose modes are kept, e.g. classic")
     parser.add_argument("--affine-model", default=None,
                         help="affine network of the learned modes (default: the zoo's affine checkpoint)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    results = run(args.labels, tuple(args.modes), args.affine_model)
+    modes = tuple(args.modes)
+    results = run(args.labels, modes, args.affine_model, tuple(args.rotations), tuple(args.rotated_modes or modes))
+    if args.reuse is not None:
+        modes = merge(results["rows"], json.loads(args.reuse.read_text())["rows"], modes)
+        results["summary"] = summarise(results["rows"], modes)
     results["affine_model"] = args.affine_model
+    results["command"] = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     results["threads"] = torch.get_num_threads()
     results["load_average"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "affine_modes.json").write_text(json.dumps(results, indent=1) + "\n")
-    command = COMMAND + (f" --affine-model {args.affine_model}" if args.affine_model else "")
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    if args.reuse is not None:
+        command = f"{results_command(args.reuse)}\n{command}"
     write_page(results, args.out, command)
     for key, entry in results["summary"].items():
         print(key, json.dumps(entry))

@@ -20,7 +20,13 @@ from ..data.affine_pairs import centred_grid
 from .affine import AffineResult, center_of_mass
 from .preprocess import Grid, resample_image
 
-__all__ = ["learned_affine", "input_space"]
+__all__ = ["learned_affine", "input_space", "DEFAULT_PASSES"]
+
+#: forward passes; measured with affine_micro.synth_brain on validation subject 08 (6 known
+#: affines, 15-30° rotations, ±10 % scale, ±20 mm, heads and brains): mean error over the
+#: brain 1.65 / 1.32 / 1.17 mm after 4 / 6 / 8 passes (at training step 1050: 5.5 / 3.5 /
+#: 2.5 / 2.0 / 1.3 mm after 1 / 2 / 3 / 4 / 6)
+DEFAULT_PASSES = 6
 
 
 def input_space(net: nn.Module) -> tuple[float, tuple[int, ...]]:
@@ -42,7 +48,7 @@ def _on_grid(image: Tensor, grid: Grid, target: Grid, world: np.ndarray | None =
 
 @torch.no_grad()
 def learned_affine(net: nn.Module, moving: Tensor, moving_grid: Grid, fixed: Tensor, fixed_grid: Grid,
-                   passes: int = 2) -> AffineResult:
+                   passes: int = DEFAULT_PASSES) -> AffineResult:
     """World map fixed → moving (RAS mm, ``(ndim + 1)²``) predicted by the affine network
     ``net`` (an :class:`~transreg.models.affine.AffineNet` with ``preprocessing``) for
     ``moving`` ``(1, 1, *Sm)`` on ``moving_grid`` and ``fixed`` ``(1, 1, *Sf)`` on
