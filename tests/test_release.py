@@ -62,10 +62,11 @@ def zoo(tmp_path, monkeypatch):
     ``transmorph_tiny.blobs`` (release folders), the recipe, and a registry holding only it."""
     root = tmp_path / "src"
     (root / "train/configs").mkdir(parents=True)
-    shutil.copyfile(SOURCE_ROOT / RECIPE, root / RECIPE)
+    data = json.loads(zoo_index.PACKAGED_INDEX.read_text())
+    for recipe in {RECIPE, *(e["recipe"] for e in data["entries"] if e.get("recipe"))}:
+        shutil.copyfile(SOURCE_ROOT / recipe, root / recipe)
     for seed, version in ((0, "v1.0.0"), (1, "v1.1.0")):
         tiny_folder(root / "releases" / version, seed, version)
-    data = json.loads(zoo_index.PACKAGED_INDEX.read_text())
     data["entries"] += [{"name": "transmorph_tiny.blobs", "version": v, "hf_hub_id": "org/tiny-blobs",
                          "commit": None, "sha256": sha256_file(root / "releases" / v / "model.safetensors"),
                          "folder": f"releases/{v}", "recipe": RECIPE} for v in ("v1.0.0", "v1.1.0")]
@@ -152,15 +153,17 @@ def test_release_dry_run_lists_and_changes_nothing(hub, zoo, capsys):
     before = path.read_bytes()
     assert main(["release", "--dry-run", "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert out.count("[dry run]") == 5 and "5 of 5 entries would be pushed" in out
+    n = len(json.loads(path.read_text())["entries"])  # the packaged entries + the two test versions
+    assert out.count("[dry run]") == n and f"{n} of {n} entries would be pushed" in out
     assert "transmorph_tiny.blobs@v1.1.0: push to org/tiny-blobs, tag v1.1.0" in out and "recipe.yaml" in out
     assert path.read_bytes() == before and hub.state.repos == {} and hub.requests == []
 
 
 def test_release_then_register_by_version_offline_and_tampered(hub, zoo, tmp_path, monkeypatch, capsys):
     root, path = zoo
+    n = len(json.loads(path.read_text())["entries"])
     assert main(["release", "--root", str(root)]) == 0
-    assert "released 5 of 5 entries" in capsys.readouterr().out
+    assert f"released {n} of {n} entries" in capsys.readouterr().out
     index = load_index(path)
     for entry in index.entries:  # the index records what the Hub holds
         repo = hub.state.repos[entry.hf_hub_id]
@@ -168,7 +171,7 @@ def test_release_then_register_by_version_offline_and_tampered(hub, zoo, tmp_pat
         files = repo.commits[entry.revision]
         assert set(files) >= {"config.json", "model.safetensors", "README.md", "recipe.yaml"}
         assert files["model.safetensors"].sha256 == entry.sha256
-        assert files["recipe.yaml"].data == (SOURCE_ROOT / RECIPE).read_bytes()
+        assert files["recipe.yaml"].data == (SOURCE_ROOT / entry.extra["recipe"]).read_bytes()
         check_hub_metadata(files["README.md"].data.decode(), require_metrics=True)
         folder = PACKAGE_DIR / entry.local_path if entry.local_path else root / entry.extra["folder"]
         assert entry.extra["size"] == (folder / "model.safetensors").stat().st_size
@@ -176,7 +179,7 @@ def test_release_then_register_by_version_offline_and_tampered(hub, zoo, tmp_pat
     # a second release pushes nothing; a changed published folder is refused before any push
     n_requests = len(hub.requests)
     assert main(["release", "--root", str(root)]) == 0
-    assert "released 0 of 5" in capsys.readouterr().out and len(hub.requests) == n_requests
+    assert f"released 0 of {n}" in capsys.readouterr().out and len(hub.requests) == n_requests
     shutil.copyfile(root / "releases/v1.1.0/model.safetensors", root / "releases/v1.0.0/model.safetensors")
     assert main(["release", "--root", str(root)]) == 2
     err = one_line(capsys.readouterr().err)
