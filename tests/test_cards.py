@@ -23,7 +23,7 @@ ZOO_CARDS = Path(__file__).resolve().parents[1] / "zoo_cards"
 SHA1, SHA256 = "c" * 40, "d" * 64
 CONFIG = {"architecture": "transmorph_small", "model_args": {"ndim": 3},
           "preprocessing": {"modality": "T1w MRI", "spacing": [1.0, 1.0, 1.0], "orientation": "RAS",
-                            "size": [160, 192, 224], "intensity": "min-max to [0, 1]"},
+                            "size": [160, 192, 224], "intensity": {"method": "minmax"}},
           "transreg_version": "0.1.0", "format_version": 1}
 OASIS = EvalResult("OASIS (Learn2Reg 2021 task 3)", {"dice": 0.8123, "hd95": 1.95, "folding": 0.31, "sdlogj": 0.087},
                    dataset_id="learn2reg-oasis", split="validation")
@@ -77,7 +77,7 @@ def test_body_has_the_sections_and_the_evaluation_table():
     assert table[2] == ["IXI atlas-to-patient", "", "0.75", "3.5", "1.2", "0.11", "0.7"]
     inputs = dict(_table(text, "Input requirements")[1:])
     assert inputs["voxel spacing"] == "1 × 1 × 1 mm" and inputs["image size"] == "160 × 192 × 224 voxels"
-    assert inputs["orientation"] == "RAS" and inputs["intensity normalisation"] == "min-max to [0, 1]"
+    assert inputs["orientation"] == "RAS" and inputs["intensity normalisation"] == "min-max scaled to [0, 1]"
     assert "train/configs/transmorph_small.synth_brain.yaml" in text.split("## Training recipe")[1]
     assert 'create_model("hf-hub:someorg/transmorph-small-brain@v1.0.0", pretrained=True)' in text
 

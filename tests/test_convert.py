@@ -144,7 +144,7 @@ def test_cli_converts_to_a_folder_that_create_model_loads(tmp_path, capsys):
 def test_config_that_does_not_match_the_weights_names_the_shapes(tmp_path):
     tiny = original("transmorph_tiny", tmp_path)
     with pytest.raises(ConversionError, match=r"shape mismatches \(the config does not match the weights\): "
-                       r"input_skips\.half_res\.0\.weight: checkpoint \(3, 2, 3, 3, 3\) vs model \(6, 2, 3, 3, 3\)"):
+                       r"encoder\.patch_embed\.proj\.weight: checkpoint \(6, 2, 4, 4, 4\) vs model \(12, 2, 4, 4, 4\)"):
         from_original("transmorph", tiny.checkpoint, SMALL / "transmorph_e12.official.json")
 
 

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload ra
 
 TINY = dict(ndim=2, img_size=(32, 32), window_size=(1, 1))
 PREP = {"modality": "T1w MRI", "spacing": [1.0, 1.0], "orientation": "RA", "size": [32, 32],
-        "intensity": "min-max to [0, 1]"}
+        "intensity": {"method": "minmax"}}
 EVAL = EvalResult("OASIS (Learn2Reg 2021 task 3)", {"dice": 0.8, "hd95": 2.1, "folding": 0.12, "sdlogj": 0.09},
                   dataset_id="learn2reg-oasis", split="validation")
 
@@ -98,12 +98,16 @@ def test_save_pretrained_writes_the_documented_folder(checkpoint):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "transmorph_tiny"
-    assert config["model_args"] == {"ndim": 2, "img_size": [32, 32], "window_size": [1, 1]}
-    assert config["preprocessing"] == PREP
-    assert config["format_version"] == 1 and config["transreg_version"] == transreg.__version__
+    # every constructor argument (format 2): the given ones and the defaults
+    assert {k: config["model_args"][k] for k in ("ndim", "img_size", "window_size")} == {
+        "ndim": 2, "img_size": [32, 32], "window_size": [1, 1]}
+    assert config["model_args"]["embed_dim"] == 6 and config["model_args"]["depths"] == [2, 2, 4, 2]
+    assert config["preprocessing"] == {**PREP, "spacing": [float(s) for s in PREP["spacing"]]}
+    assert config["weights_sha256"] == sha256_file(folder / "model.safetensors")
+    assert config["format_version"] == 2 and config["transreg_version"] == transreg.__version__
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
-        assert meta["architecture"] == "transmorph_tiny" and meta["format_version"] == "1"
+        assert meta["architecture"] == "transmorph_tiny" and meta["format_version"] == "2"
         assert set(f.keys()) == set(model.state_dict())
     card = read_card(folder / "README.md")
     assert card.architecture == "transmorph_tiny" and card.evaluations == [EVAL]
@@ -152,6 +156,9 @@ def _rewrite_weights(folder: Path, edit) -> None:
     state = load_file(str(path))
     edit(state)
     save_file(state, str(path), metadata=meta)
+    config = json.loads((folder / "config.json").read_text())  # a consistent folder: the sha256 follows
+    config["weights_sha256"] = sha256_file(path)
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 def test_missing_and_unexpected_keys_are_named(checkpoint):

@@ -165,9 +165,10 @@ def test_intensity_normalisation():
     out, rec = normalize_intensity(data, "percentile")
     np.testing.assert_allclose([rec["lo"], rec["hi"]], np.percentile(data, [0.5, 99.5]))
     assert out.min() == 0.0 and out.max() == 1.0
-    assert Preprocessing.from_dict({"intensity": "min-max to [0, 1]", "spacing": [1, 1, 2], "modality": "T1w"}) \
+    assert Preprocessing.from_dict({"intensity": {"method": "minmax"}, "spacing": [1, 1, 2], "modality": "T1w"}) \
         == Preprocessing(spacing=(1, 1, 2), normalization={"method": "minmax"})
-    with pytest.raises(ValueError, match="unknown intensity normalization"):
+    assert Preprocessing.from_dict({"intensity": "min-max"}).normalization == {"method": "minmax"}
+    with pytest.raises(ValueError, match="unknown intensity method 'zscore'"):
         normalize_intensity(data, "zscore")
 
 

@@ -434,13 +434,3 @@ def test_shapes_recipe_runs(tmp_path):
     assert cli_main(["train", str(recipe), "--steps", "2", "--size", "32", "32", "--out", str(tmp_path / "r")]) == 0
     cfg = load_config(tmp_path / "r" / "config.yaml")
     assert cfg.optim.schedule == "cosine" and cfg.run.steps == 2 and cfg.data.size == [32, 32]
-
-
-def test_finetune_source_names(tmp_path):
-    from transreg.commands.finetune import pretrained_source
-
-    assert pretrained_source("transmorph_small.synth_brain") == "transmorph_small.synth_brain"
-    assert pretrained_source("hf-hub:org/name@v1.0.0") == "hf-hub:org/name@v1.0.0"
-    assert pretrained_source(str(tmp_path)) == f"local-dir:{tmp_path.resolve()}"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        pretrained_source(str(tmp_path / "missing"))

@@ -2,7 +2,7 @@
 
 No inputs and no network: the sample pair (``transreg/assets/sample``, two SynthSeg
 subjects at 2 mm with synthetic T1-like intensities, see its NOTICE) and the default
-checkpoint (:func:`transreg.register.default_model`) ship inside the package. Writes what
+checkpoint (:func:`transreg.registration.defaults.default_model`) ship inside the package. Writes what
 ``transreg register`` writes and prints a short summary.
 """
 from __future__ import annotations

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..zoo.checkpoint import jsonable
     from ..zoo.factory import create_model, resolve_source
 
     overrides = flag_overrides(args)
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(source, pretrained=True)
     overrides["model.pretrained"] = source
     overrides["model.name"] = model.architecture
-    overrides["model.args"] = dict(model.init_args)
+    overrides["model.args"] = jsonable(model.init_args, "model.args")
     expected = dict(getattr(model, "preprocessing", None) or {})
     if expected.get("size") and "data.size" not in overrides:
         overrides["data.size"] = list(expected["size"])

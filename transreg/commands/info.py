@@ -31,7 +31,7 @@ def _version(resolved: "ResolvedCheckpoint", card: "ModelCard | None") -> str:
 
 def summary(resolved: "ResolvedCheckpoint") -> list[str]:
     """The lines ``transreg info`` prints."""
-    from ..zoo.cards import METRICS, format_axes, read_card
+    from ..zoo.cards import METRICS, format_axes, intensity_text, read_card
     from ..zoo.checkpoint import CARD_NAME, count_parameters, read_config
 
     config = read_config(resolved.folder)
@@ -53,7 +53,7 @@ def summary(resolved: "ResolvedCheckpoint") -> list[str]:
         f"  spacing:     {format_axes(prep.get('spacing'), 'mm')}",
         f"  orientation: {format_axes(prep.get('orientation'))}",
         f"  size:        {format_axes(prep.get('size'), 'voxels')}",
-        f"  intensity:   {format_axes(prep.get('intensity'))}",
+        f"  intensity:   {intensity_text(prep.get('intensity'))}",
     ]
     if card is None:
         return lines + [f"card:          none ({CARD_NAME} missing)"]

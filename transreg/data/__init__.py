@@ -8,7 +8,7 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 - a ``.csv`` file listing images (``image[,labels][,group]``: pairs within a group) or
   pairs (``moving,fixed[,...]``).
 
-:func:`build_datasets` turns a :class:`~transreg.config.DataConfig` into a training
+:func:`build_datasets` turns a :class:`~transreg.training.config.DataConfig` into a training
 dataset (items ``{"moving", "fixed"[, "moving_labels", "fixed_labels"]}``, each
 ``(1, *S)``) and an optional validation dataset.
 """
@@ -104,7 +104,7 @@ def build_source(spec: str, cfg: Any, seed: int, augment: bool, holdout: float =
 
 
 def build_datasets(cfg: Any, seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """``(train, val)`` for a :class:`~transreg.config.DataConfig`.
+    """``(train, val)`` for a :class:`~transreg.training.config.DataConfig`.
 
     Validation pairs (at most ``cfg.val_pairs``, never augmented): ``cfg.val`` if given;
     else, for synthetic data, held-out samples of the same generator (another seed); else

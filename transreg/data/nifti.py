@@ -12,7 +12,7 @@ Sources (paths in a CSV are relative to the CSV's folder):
   (explicit pairs).
 
 Every file is read, checked and preprocessed when the dataset is built (so bad data fails
-before training starts) with :mod:`transreg.io` and :mod:`transreg.preprocess`:
+before training starts) with :mod:`transreg.registration.io` and :mod:`transreg.registration.preprocess`:
 reorientation to RAS (3-D), optional resampling to ``spacing`` mm, crop/pad to ``size``
 around the image centre, percentile intensity normalisation to [0, 1]. Images are
 expected to be roughly aligned already (e.g. affinely pre-registered, as in the OASIS and

@@ -46,12 +46,12 @@ def main(argv: list[str]) -> int:
         return 2
     import torch
 
-    from transreg.register import _build_model
+    from transreg.registration.pipeline import network_for
 
     spec, shape = argv[0], tuple(int(v) for v in argv[1].split(","))
     resettable = _reset_peak()
     base = _status_kib("VmRSS") * 1024 if resettable else _maxrss_bytes()
-    net = _build_model(spec, len(shape))
+    net = network_for(spec, len(shape))
     with torch.inference_mode():
         net(torch.rand(1, 1, *shape), torch.rand(1, 1, *shape))
     peak = _status_kib("VmHWM") * 1024 if resettable else _maxrss_bytes()

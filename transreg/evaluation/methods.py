@@ -39,7 +39,7 @@ BASELINES = ("identity", "affine")
 
 @dataclass
 class PairImages:
-    """One pair, loaded: images and label maps (:class:`transreg.io.Image`)."""
+    """One pair, loaded: images and label maps (:class:`transreg.registration.io.Image`)."""
 
     moving: Image
     fixed: Image

@@ -84,7 +84,7 @@ class RegistrationModel(nn.Module):
         if moving.shape != fixed.shape:
             raise InputError(
                 f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape "
-                "(resample them onto one grid first, e.g. with transreg.preprocess)"
+                "(resample them onto one grid first, e.g. with transreg.registration.preprocess)"
             )
 
     def forward(self, moving: Tensor, fixed: Tensor) -> RegistrationOutput:

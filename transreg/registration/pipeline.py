@@ -165,9 +165,9 @@ def register(
     ``affine_only`` stops after it; ``instance_opt`` Adam steps refine the network's
     displacement on this pair. ``similarity`` (``"mi"``, the default: robust to contrast
     differences between subjects and scanners, or ``"ncc"``) drives the affine stage. ``precision`` (``"fp32"`` or ``"bf16"``) is the network's inference precision
-    (:func:`transreg.inference.predict`). ``qc=False`` skips the QC stage (folding, Dice:
+    (:func:`transreg.registration.inference.predict`). ``qc=False`` skips the QC stage (folding, Dice:
     the report then has neither). ``progress`` receives one line per stage. Raises ``FileNotFoundError`` /
-    :class:`~transreg.io.ImageError` (a ``ValueError``) for unusable inputs.
+    :class:`~transreg.registration.io.ImageError` (a ``ValueError``) for unusable inputs.
     """
     if affine_only and not affine:
         raise ValueError("affine_only and affine=False exclude each other")

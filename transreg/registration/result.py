@@ -50,7 +50,7 @@ class RegistrationResult:
         ``compressed=False`` writes ``.nii`` instead of ``.nii.gz``.
 
         All files are written first and moved into place together: a failure leaves no
-        partial output behind (:func:`transreg.outputs.write_atomically`).
+        partial output behind (:func:`transreg.registration.outputs.write_atomically`).
         """
         files = output_names(outputs, compressed)
         if self.warped_labels is None:

@@ -45,7 +45,7 @@ class RegistrationLoss(nn.Module):
 
 
 def build_loss(cfg: Any, num_labels: int | None) -> RegistrationLoss:
-    """The training loss of ``cfg`` (a :class:`~transreg.config.LossConfig`)."""
+    """The training loss of ``cfg`` (a :class:`~transreg.training.config.LossConfig`)."""
     from .. import losses
 
     similarity_cls = {"ncc": losses.NCC, "mse": losses.MSE, "mi": losses.MutualInformation}[cfg.similarity]

@@ -274,7 +274,7 @@ class Trainer:
             "size": d.size if d.size is not None else inherited.get("size"),
             "spacing": d.spacing if d.spacing is not None else inherited.get("spacing"),
             "orientation": None if synthetic or self.ndim == 2 else "RAS",
-            "intensity": "min-max to [0, 1]" if synthetic else "percentile 0.5-99.5 clipped to [0, 1]",
+            "intensity": {"method": "minmax"} if synthetic else {"method": "percentile", "lower": 0.5, "upper": 99.5},
             "modality": inherited.get("modality") or ("synthetic (any contrast)" if synthetic else None),
         }
 

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from .preprocessing import describe_intensity
+
 __all__ = [
     "METRICS",
     "CardError",
@@ -112,6 +114,12 @@ def format_axes(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def intensity_text(value: Any) -> str:
+    """The intensity normalisation for people: a typed record (format 2) described, the
+    prose of a format-1 card as written."""
+    return describe_intensity(value) if isinstance(value, Mapping) else format_axes(value)
+
+
 def _load_name(card: ModelCard) -> str:
     if card.hf_hub_id and card.version:
         return f"hf-hub:{card.hf_hub_id}@{card.version}"
@@ -152,7 +160,7 @@ def _input_section(card: ModelCard) -> str:
         ("voxel spacing", format_axes(p.get("spacing"), "mm")),
         ("orientation", format_axes(p.get("orientation"))),
         ("image size", format_axes(p.get("size"), "voxels")),
-        ("intensity normalisation", format_axes(p.get("intensity"))),
+        ("intensity normalisation", intensity_text(p.get("intensity"))),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (

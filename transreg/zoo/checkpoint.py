@@ -56,6 +56,8 @@ __all__ = [
     "count_parameters",
     "load_weights",
     "named_list",
+    "jsonable",
+    "state_dict_mismatches",
 ]
 
 CONFIG_NAME = "config.json"
@@ -111,12 +113,12 @@ def verify_sha256(path: str | os.PathLike[str], expected: str, what: str) -> str
     return actual
 
 
-def _jsonable(value: Any, where: str) -> Any:
+def jsonable(value: Any, where: str) -> Any:
     """Tuples → lists, recursively; anything JSON cannot hold raises :class:`CheckpointError`."""
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, where) for v in value]
+        return [jsonable(v, where) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, where) for k, v in value.items()}
+        return {str(k): jsonable(v, where) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise CheckpointError(f"{where}: {value!r} ({type(value).__name__}) cannot be stored in {CONFIG_NAME}")
@@ -147,7 +149,7 @@ def build_config(model: nn.Module, preprocessing: Mapping[str, Any] | Preprocess
         preprocessing = getattr(model, "preprocessing", None)
     return {
         "architecture": architecture,
-        "model_args": _jsonable(dict(init_args), "model_args"),
+        "model_args": jsonable(dict(init_args), "model_args"),
         "preprocessing": _preprocessing(preprocessing),
         "transreg_version": __version__,
         "format_version": FORMAT_VERSION,
@@ -184,9 +186,9 @@ def save_pretrained(
     ``preprocessing``: what the model expects (a dict with keys :data:`PREPROCESSING_KEYS`
     or a :class:`~transreg.zoo.preprocessing.PreprocessingSpec`); defaults to
     ``model.preprocessing`` (set on pretrained models) or all ``None``. ``card``: ``None``
-    (a card rendered from the config), an :class:`~transreg.cards.EvalResult` or a list of
+    (a card rendered from the config), an :class:`~transreg.zoo.cards.EvalResult` or a list of
     them (rendered into the card's ``model-index`` and evaluation table), a
-    :class:`~transreg.cards.ModelCard`, or the card's full Markdown text. Everything is
+    :class:`~transreg.zoo.cards.ModelCard`, or the card's full Markdown text. Everything is
     rendered before the first write, and each file is written atomically.
     Returns the folder.
     """
@@ -321,12 +323,21 @@ def named_list(items: list[str]) -> str:
     return shown + (f" ... and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else "")
 
 
+def state_dict_mismatches(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+                          ) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """``(missing, unexpected, shapes)``: keys of ``expected`` absent from ``given``, keys of
+    ``given`` absent from ``expected``, and ``(key, given shape, expected shape)`` where both
+    have the key with different shapes."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [(k, tuple(given[k].shape), tuple(v.shape)) for k, v in expected.items()
+              if k in given and given[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
 def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected, mismatched = state_dict_mismatches(model.state_dict(), state)
+    shapes = [f"{k} {given} vs model {wanted}" for k, given, wanted in mismatched]
     problems = []
     if missing:
         problems.append(f"missing keys: {named_list(missing)}")

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cards
-from .checkpoint import named_list, save_pretrained, sha256_file
+from .checkpoint import named_list, save_pretrained, sha256_file, state_dict_mismatches
 from .factory import build_architecture
 
 __all__ = ["KINDS", "ConversionError", "read_checkpoint", "read_config", "model_args", "convert_state_dict",
@@ -413,9 +413,8 @@ def convert_state_dict(kind: str, state: Mapping[str, Tensor], model: nn.Module)
         if target == "encoder.pos_embed":
             value = _pos_embed_to_map(value, expected[target])
         converted[target] = value
-    missing = [k for k in expected if k not in converted]
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-              for k, v in converted.items() if v.shape != expected[k].shape]
+    missing, _, mismatched = state_dict_mismatches(expected, converted)  # unexpected keys were caught above
+    shapes = [f"{k}: checkpoint {given} vs model {wanted}" for k, given, wanted in mismatched]
     problems = []
     if shapes:
         problems.append(f"shape mismatches (the config does not match the weights): {named_list(shapes)}")

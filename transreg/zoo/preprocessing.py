@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["IntensitySpec", "PreprocessingSpec", "PreprocessingError", "INTENSITY_METHODS", "intensity_from_format1"]
+__all__ = ["IntensitySpec", "PreprocessingSpec", "PreprocessingError", "INTENSITY_METHODS", "intensity_from_format1",
+           "describe_intensity"]
 
 INTENSITY_METHODS = ("percentile", "minmax", "ct", "none")
 _PARAMETERS = {"percentile": {"lower": 0.5, "upper": 99.5}, "ct": {"level": 40.0, "width": 400.0},
@@ -73,6 +74,21 @@ class IntensitySpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, **{k: getattr(self, k) for k in _PARAMETERS[self.method]}}
+
+
+def describe_intensity(value: Mapping[str, Any] | None) -> str:
+    """One line for people: ``{"method": "percentile", "lower": 0.5, "upper": 99.5}`` →
+    ``'percentiles 0.5-99.5 clipped, scaled to [0, 1]'``."""
+    if value is None:
+        return "not specified"
+    spec = IntensitySpec.from_json(value)
+    if spec.method == "percentile":
+        return f"percentiles {spec.lower:g}-{spec.upper:g} clipped, scaled to [0, 1]"
+    if spec.method == "ct":
+        return f"CT window level {spec.level:g} HU, width {spec.width:g} HU, scaled to [0, 1]"
+    if spec.method == "minmax":
+        return "min-max scaled to [0, 1]"
+    return "none (intensities as stored)"
 
 
 def intensity_from_format1(value: Any) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ class PushResult:
     architecture: str
 
     def pretrained_tag(self, name: str) -> str:
-        """Python source of the :class:`~transreg.registry.PretrainedTag` ``name`` (``arch.tag``) pinning this version."""
+        """Python source of the :class:`~transreg.zoo.registry.PretrainedTag` ``name`` (``arch.tag``) pinning this version."""
         arch, _, tag = name.partition(".")
         if arch != self.architecture or not tag:
             raise HubError(f"pretrained tag {name!r} must be {self.architecture}.TAG")

@@ -34,12 +34,12 @@ class VxmDecoder(nn.Module):
     head) ``head`` of it.
 
     The concatenations are never built (each part is convolved with its slice of the
-    weight, :func:`~transreg.layers.conv_concat`); without autograd, the full-resolution
+    weight, :func:`~transreg.models.layers.conv_concat`); without autograd, the full-resolution
     part (upsampling, skip, extra convolutions, the head) runs in slabs when its upsampled
-    map is large (:mod:`transreg.layers.slabs`): no full-resolution feature map exists
+    map is large (:mod:`transreg.models.layers.slabs`): no full-resolution feature map exists
     whole, only the output. With ``grad_checkpointing`` (training) that part stores
     only its inputs and is recomputed slab by slab in the backward pass
-    (:func:`~transreg.layers.slabs.checkpoint_in_slabs`): its full-resolution maps,
+    (:func:`~transreg.models.layers.slabs.checkpoint_in_slabs`): its full-resolution maps,
     most of VoxelMorph's training memory, exist one slab at a time.
     """
 
