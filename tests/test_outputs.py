@@ -4,6 +4,7 @@ overlay shows the images with the fixed edges."""
 from __future__ import annotations
 
 import json
+import time
 
 import nibabel as nib
 import numpy as np
@@ -114,3 +115,12 @@ def test_overlay_shows_the_images_and_the_fixed_edges_on_moving_and_warped(tmp_p
         assert centre(row, 0).min() > 200 and centre(row, 2).min() > 200
     assert centre(0, 1).max() < 30  # mid-sagittal slice of the moved box: dark
     assert red[top: top + step].sum() > 2 * 2 * (14 + 10)  # sagittal: the box's outline on two panels
+
+
+def test_the_same_image_gives_the_same_bytes(tmp_path):
+    data = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+    save_image(tmp_path / "a.nii.gz", data, OBLIQUE)
+    time.sleep(1.1)  # a gzip time stamp would change
+    save_image(tmp_path / "b.nii.gz", data, OBLIQUE)
+    assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "b.nii.gz").read_bytes()
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "b.nii.gz")).get_fdata(dtype=np.float32), data)

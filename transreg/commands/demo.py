@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Dice      {report['dice_before']:.3f} unregistered → {report['dice_affine']:.3f} affine → "
           f"{dice:.3f} final (mean over the labels of both maps)")
     print(f"  folding   {report['folding_percent']:.3f} % of voxels with Jacobian determinant <= 0")
-    print(f"  runtime   {sum(report['runtime_s'].values()):.1f} s on {report['device']}")
+    stages = report["runtime_s"]
+    print(f"  runtime   {sum(stages.values()):.1f} s in the stages on {report['device']} ("
+          + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items()) + ")")
+    print("            the whole command, start-up included: python evaluate/bench_register.py (README, 'Speed')")
     print(f"  outputs   {args.out.resolve()}/ (open overlay.png; report.json has every number)")
     if untrained:
         print(f"  NOTE: {model} is UNTRAINED (random initialisation): the deformable stage does almost nothing "

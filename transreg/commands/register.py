@@ -89,7 +89,7 @@ def register_and_write(inputs: Mapping[str, Any], out: Path, model: str | None =
                        **options: Any) -> tuple["RegistrationResult", dict[str, Path]]:
     """Register ``inputs`` (``moving``, ``fixed``, ``moving_labels``, ``fixed_labels``) with
     ``model`` (``None``: the default), write ``outputs`` (names of
-    :data:`~transreg.registration.result.OUTPUTS`, ``None``: all; the QC step runs only
+    :data:`~transreg.registration.outputs.OUTPUTS`, ``None``: all; the QC step runs only
     for ``report``) into ``out`` and print one line per stage and the written files.
     ``options`` go to :func:`transreg.register`."""
     from ..registration.pipeline import register

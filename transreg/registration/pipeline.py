@@ -276,8 +276,8 @@ def register(
             moving_labels_data, fixed_labels_data = label_imgs["moving"].data, label_imgs["fixed"].data
             report["dice"] = _dice_report(warped_labels.data, fixed_labels_data)
             report["dice_before"] = _dice_report(before.apply(moving_labels_data, True), fixed_labels_data)["mean"]
-            report["dice_affine"] = report["dice_before"]  # no affine stage: the same map
-            if affine:
+            report["dice_affine"] = report["dice_before"]  # an identity affine stage: the same map
+            if not np.array_equal(world, np.eye(ndim + 1)):
                 affine_stage = _full_transform(None, model_grid, world, fixed_img, moving_img, device)
                 report["dice_affine"] = _dice_report(affine_stage.apply(moving_labels_data, True),
                                                      fixed_labels_data)["mean"]
