@@ -117,9 +117,10 @@ def _write_pair(result: RegistrationResult, out: str, name: str) -> dict[str, An
 
 
 def _portable(result: RegistrationResult) -> RegistrationResult:
-    """``result`` with its transform on the CPU (to send it to the writer process)."""
+    """``result`` with its transform on the CPU and the unregistered moving image computed
+    (the overlay's; a lazy function cannot be sent), to send it to the writer process."""
     transform = dataclasses.replace(result.transform, coords=result.transform.coords.cpu())
-    return dataclasses.replace(result, transform=transform)
+    return dataclasses.replace(result, transform=transform, moving_before=result.before())
 
 
 def _clear_partial(out: Path, pairs: Sequence[Pair]) -> None:
