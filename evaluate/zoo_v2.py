@@ -139,7 +139,14 @@ def write_instance_table(rows: list[dict], model: str, steps: list[int], test_se
 def table() -> None:
     """``RESULTS/README.md``: every summary.csv's rows, one table per test set and dataset."""
     lines = ["# Zoo v2 evaluation", "", "Made by `python evaluate/zoo_v2.py` (module docstring); each folder's "
-             "`summary.md` starts with its exact `transreg compare` command.", ""]
+             "`summary.md` starts with its exact `transreg compare` command.", "",
+             "Test images (`python evaluate/synth_test.py [--contrast t2like]`): the benchmark's test subjects "
+             "(SynthSeg 10-12, 4 HCP) on the benchmark's grids and label maps, images re-made at 1 mm (T1 prior "
+             "intensities drawn per subject, or mirrored for t2likepv), polynomial bias, Rician noise, then partial "
+             "volume to 2 mm: a synthesis neither zoo v1 (T1 priors on the 2 mm grid) nor v2's training (random or "
+             "T1-prior class intensities on the 2 mm grid) draws from. Full pipeline from native position. Seconds per "
+             "pair were measured on the shared 2-core CPU under heavy load (load average 12-16): compare them only "
+             "within a table, not with zoo v1's.", ""]
     for test_set in SETS:
         for dataset, _, _, title in BENCHMARKS:
             folder = RESULTS / f"{test_set}_{dataset}"
