@@ -79,8 +79,6 @@ def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str
 def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None:
     """Dice (aseg labels) and seconds per pair of ``transreg.register(..., instance_opt=N)``
     on the SynthSeg test pairs of ``test_set`` → ``out/instance_opt.csv`` and ``.md``."""
-    import numpy as np
-
     from transreg import register
     from transreg.evaluation.dataset import read_pairs, select_labels
     from transreg.io import load_image
