@@ -145,7 +145,12 @@ def table() -> None:
              "volume to 2 mm: a synthesis neither zoo v1 (T1 priors on the 2 mm grid) nor v2's training (random or "
              "T1-prior class intensities on the 2 mm grid) draws from. Full pipeline from native position. Seconds per "
              "pair were measured on the shared 2-core CPU under heavy load (load average 12-16): compare them only "
-             "within a table, not with zoo v1's.", ""]
+             "within a table, not with zoo v1's.", "",
+             "Methods: `transmorph_micro.synth_brain` is v1.0.0 as shipped; `v2_lr1e-4_step150` is step 150 of the zoo v2 "
+             "stage-1 run (`train/configs/zoo_v2.yaml` with lr 1e-4 → 1e-5, staged by `python evaluate/zoo_v2.py stage "
+             "--run runs/zoo_v2/transmorph_micro_lr1e-4 --step 150 --name v2_lr1e-4_step150`; not committed, the run's "
+             "step-205 state is in `train/releases/transmorph_micro.synth_brain/resume/`); `ants` is ANTs SyN after "
+             "the affine stage (antspyx 0.6.3).", ""]
     for test_set in SETS:
         for dataset, _, _, title in BENCHMARKS:
             folder = RESULTS / f"{test_set}_{dataset}"
