@@ -76,11 +76,9 @@ def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str
             subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None:
+def instance_opt(model: str, steps: list[int], test_set: str, out: Path, weight: float = 1.0) -> None:
     """Dice (aseg labels) and seconds per pair of ``transreg.register(..., instance_opt=N)``
     on the SynthSeg test pairs of ``test_set`` → ``out/instance_opt.csv`` and ``.md``."""
-    import numpy as np
-
     from transreg import register
     from transreg.evaluation.dataset import read_pairs, select_labels
     from transreg.registration.io import load_image
@@ -100,7 +98,7 @@ def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None
         labels = select_labels("aseg30", ml.data, fl.data)
         for n in steps:
             start = time.perf_counter()
-            result = register(moving, fixed, model=net, moving_labels=ml, instance_opt=n)
+            result = register(moving, fixed, model=net, moving_labels=ml, instance_opt=n, instance_opt_weight=weight)
             seconds = time.perf_counter() - start
             score = structure_mean(dice(result.warped_labels.data, fl.data, labels=labels))
             rows.append({"steps": n, "pair": f"{Path(pair.moving).parent.name}->{Path(pair.fixed).parent.name}",
@@ -108,10 +106,11 @@ def instance_opt(model: str, steps: list[int], test_set: str, out: Path) -> None
             with (out / "instance_opt.csv").open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=fields, lineterminator="\n").writerow(rows[-1])
             log(f"instance-opt {n}: {rows[-1]['pair']} Dice {score:.4f} {seconds:.1f} s")
-    write_instance_table(rows, model, steps, test_set, out)
+    write_instance_table(rows, model, steps, test_set, out, weight)
 
 
-def write_instance_table(rows: list[dict], model: str, steps: list[int], test_set: str, out: Path) -> None:
+def write_instance_table(rows: list[dict], model: str, steps: list[int], test_set: str, out: Path,
+                         weight: float = 1.0) -> None:
     """``out/instance_opt.md`` from the rows (also from a partial ``instance_opt.csv``)."""
     import numpy as np
 
@@ -121,7 +120,7 @@ def write_instance_table(rows: list[dict], model: str, steps: list[int], test_se
     lines = [f"# Instance optimisation curve — {model}, SynthSeg test pairs ({test_set})", "",
              f"- pairs: {len(done)} ({', '.join(done)})",
              f"- command: `python evaluate/zoo_v2.py instance-opt --model {model} --steps {' '.join(map(str, steps))} "
-             f"--set {test_set}`",
+             f"--set {test_set} --weight {weight:g}` (regulariser weight of the instance optimisation)",
              f"- date: {time.strftime('%Y-%m-%d %H:%M')}; seconds = the whole `transreg.register` of one pair "
              "(affine stage included; no warm-up run: the median absorbs the first call), measured on the shared 2-core CPU",
              "",
@@ -139,7 +138,19 @@ def write_instance_table(rows: list[dict], model: str, steps: list[int], test_se
 def table() -> None:
     """``RESULTS/README.md``: every summary.csv's rows, one table per test set and dataset."""
     lines = ["# Zoo v2 evaluation", "", "Made by `python evaluate/zoo_v2.py` (module docstring); each folder's "
-             "`summary.md` starts with its exact `transreg compare` command.", ""]
+             "`summary.md` starts with its exact `transreg compare` command.", "",
+             "Test images (`python evaluate/synth_test.py [--contrast t2like]`): the benchmark's test subjects "
+             "(SynthSeg 10-12, 4 HCP) on the benchmark's grids and label maps, images re-made at 1 mm (T1 prior "
+             "intensities drawn per subject, or mirrored for t2likepv), polynomial bias, Rician noise, then partial "
+             "volume to 2 mm: a synthesis neither zoo v1 (T1 priors on the 2 mm grid) nor v2's training (random or "
+             "T1-prior class intensities on the 2 mm grid) draws from. Full pipeline from native position. Seconds per "
+             "pair were measured on the shared 2-core CPU under heavy load (load average 12-16): compare them only "
+             "within a table, not with zoo v1's.", "",
+             "Methods: `transmorph_micro.synth_brain` is v1.0.0 as shipped; `v2_lr1e-4_step150` is step 150 of the zoo v2 "
+             "stage-1 run (`train/configs/zoo_v2.yaml` with lr 1e-4 → 1e-5, staged by `python evaluate/zoo_v2.py stage "
+             "--run runs/zoo_v2/transmorph_micro_lr1e-4 --step 150 --name v2_lr1e-4_step150`; not committed, the run's "
+             "step-205 state is in `train/releases/transmorph_micro.synth_brain/resume/`); `ants` is ANTs SyN after "
+             "the affine stage (antspyx 0.6.3).", ""]
     for test_set in SETS:
         for dataset, _, _, title in BENCHMARKS:
             folder = RESULTS / f"{test_set}_{dataset}"
@@ -180,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--steps", nargs="+", type=int, default=[0, 25, 50, 100])
     p.add_argument("--set", default="t1pv", choices=list(SETS))
+    p.add_argument("--weight", type=float, default=1.0, help="instance_opt_weight (diffusion regulariser)")
     p.add_argument("--table-only", action="store_true", help="the table from an existing (partial) instance_opt.csv")
     sub.add_parser("table")
     args = parser.parse_args(argv)
@@ -189,12 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         args.cwd.mkdir(parents=True, exist_ok=True)
         compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd, args.datasets)
     elif args.command == "instance-opt":
-        out = RESULTS / "instance_opt" / Path(args.model).name
+        out = RESULTS / "instance_opt" / (Path(args.model).name + ("" if args.weight == 1.0 else f"_weight{args.weight:g}"))
         if args.table_only:
             with (out / "instance_opt.csv").open(newline="") as f:
-                write_instance_table(list(csv.DictReader(f)), args.model, args.steps, args.set, out)
+                write_instance_table(list(csv.DictReader(f)), args.model, args.steps, args.set, out, args.weight)
         else:
-            instance_opt(args.model, args.steps, args.set, out)
+            instance_opt(args.model, args.steps, args.set, out, args.weight)
     else:
         table()
     return 0

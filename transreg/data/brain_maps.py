@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .nifti import Subject, read_csv
+from .nifti import read_csv
 from .synthetic import DataError
 
 __all__ = ["BrainMaps", "load_brain_maps", "dice_labels", "brain_envelope"]
