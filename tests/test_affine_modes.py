@@ -23,6 +23,7 @@ def test_mode_names_and_aliases() -> None:
     assert AFFINE_MODES == ("learned", "classic", "learned+classic", "none")
     assert affine_mode(True) == affine_mode(None) == DEFAULT_AFFINE_MODE
     assert affine_mode(False) == "none"
+    assert affine_mode(True, ndim=2) == "classic"  # the zoo's affine network is 3-D
     with pytest.raises(ValueError, match="unknown affine mode 'rigid'; use one of learned, classic"):
         affine_mode("rigid")
 

@@ -32,11 +32,12 @@ REFINE_LEVELS, REFINE_ITERATIONS = (4, 2), (30, 20)
 ModelRef = Union[str, "os.PathLike[str]", nn.Module]
 
 
-def affine_mode(value: bool | str | None) -> str:
-    """The mode of an ``affine`` argument: ``True``/``None`` → the default, ``False`` →
-    ``"none"``, a mode name → itself; anything else raises ``ValueError`` naming the modes."""
+def affine_mode(value: bool | str | None, ndim: int = 3) -> str:
+    """The mode of an ``affine`` argument for ``ndim``-D images: ``True``/``None`` → the
+    default (``classic`` in 2-D: the zoo's affine network is 3-D), ``False`` → ``"none"``,
+    a mode name → itself; anything else raises ``ValueError`` naming the modes."""
     if value is None or value is True:
-        return DEFAULT_AFFINE_MODE
+        return DEFAULT_AFFINE_MODE if ndim == 3 else "classic"
     if value is False:
         return "none"
     if value not in AFFINE_MODES:

@@ -206,6 +206,7 @@ def register(
                   "fixed": None if fixed_labels is None else _load(fixed_labels, "fixed labels", True)}
     _check_pair(moving_img, fixed_img, label_imgs)
     ndim = fixed_img.ndim
+    mode = affine_mode(affine, ndim)
     stages.done("load", f"moving {moving_img.shape}, fixed {fixed_img.shape} ({ndim}-D)")
 
     net = None if affine_only else network_for(model, ndim).to(device)
