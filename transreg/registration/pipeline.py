@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..spatial import warp
 from .affine_stage import affine_mode, affine_model_name, run_affine_stage
-from .defaults import default_model
+from .defaults import INSTANCE_OPT_WEIGHT, default_model
 from .inference import Precision, predict
 from .io import Image, ImageError, load_image
 from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, voxel_map
@@ -162,7 +162,7 @@ def register(
     affine_only: bool = False,
     affine_model: str | nn.Module | None = None,
     instance_opt: int = 0,
-    instance_opt_weight: float = 1.0,
+    instance_opt_weight: float = INSTANCE_OPT_WEIGHT,
     instance_opt_lr: float = 0.1,
     device: str | torch.device | None = None,
     spacing: float | None = None,
