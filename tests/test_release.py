@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from transreg.zoo.cards import EvalResult, check_hub_metadata, read_card
 from transreg.zoo.checkpoint import sha256_file
 from transreg.zoo.index import ZooIndexError, load_index, write_index
 from transreg.zoo.registry import PretrainedTag
-from transreg.zoo.release import PACKAGE_DIR, SOURCE_ROOT, ReleaseError, plan_release, release
+from transreg.zoo.release import PACKAGE_DIR, SOURCE_ROOT, ReleaseError, plan_release
 from transreg.zoo.sources import DeprecatedNameWarning
 
 from test_hub import hub  # noqa: F401  (the loopback Hub fixture)
