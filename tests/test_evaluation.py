@@ -228,6 +228,7 @@ def fake_shared_data(tmp_path_factory) -> Path:
     labels = np.array([0, 2, 3, 4, 10, 17, 24, 41, 42, 165])
     np.save(synth / "generation_labels.npy", labels)
     np.save(synth / "generation_classes_contrast_specific.npy", np.array([0, 2, 3, 1, 4, 5, 1, 2, 3, 6]))
+    np.save(synth / "generation_classes.npy", np.arange(10))  # the finer classes (copied by build_data)
     np.save(synth / "prior_means_t1.npy", np.array([[7, 40, 160, 95, 130, 120, 60], [1, 8, 10, 10, 10, 10, 8]],
                                                    dtype=float))
     lia = np.array([[-1.0, 0, 0, 20], [0, 0, 1, -20], [0, -1, 0, 20], [0, 0, 0, 1]])

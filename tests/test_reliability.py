@@ -88,7 +88,7 @@ def test_rerun_replaces_the_whole_set_of_outputs(pair, tmp_path, capsys):
     assert main(args_for(pair, out, labels=False)) == 0
     report = json.loads((out / "report.json").read_text())
     assert not (out / "warped_labels.nii.gz").exists() and "dice" not in report
-    assert sorted(p.name for p in out.iterdir()) == sorted([*report["outputs"], "report.json", "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted({*report["outputs"], "report.json", "notes.txt"})
     assert (out / "notes.txt").read_text() == "mine"
 
 
