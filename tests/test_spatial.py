@@ -119,3 +119,13 @@ def test_jacobian_determinant_equals_the_determinant_of_the_jacobian_matrix():
         jac = torch.stack(grads, dim=1) + torch.eye(ndim).view(1, ndim, ndim, *([1] * ndim))
         expected = torch.linalg.det(jac.movedim(1, -1).movedim(1, -1))
         torch.testing.assert_close(jacobian_determinant(flow), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_voxel_grid_is_numpy_indices():
+    import numpy as np
+
+    from transreg.spatial import voxel_grid
+
+    grid = voxel_grid((3, 4, 5), torch.float64)
+    assert grid.dtype == torch.float64 and grid.shape == (3, 3, 4, 5)
+    np.testing.assert_array_equal(grid.numpy(), np.indices((3, 4, 5)))

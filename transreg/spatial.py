@@ -21,6 +21,7 @@ __all__ = [
     "jacobian_determinant",
     "sampling_grid",
     "affine_to_flow",
+    "voxel_grid",
 ]
 
 InterpMode = Literal["bilinear", "nearest"]
@@ -162,6 +163,14 @@ def jacobian_determinant(flow: Tensor, spacing: Sequence[float] | None = None) -
             + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
 
 
+def voxel_grid(shape: Sequence[int], dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> Tensor:
+    """The voxel indices of a grid ``shape``: ``(ndim, *shape)``, channel i along axis i
+    (the identity map in this module's displacement convention)."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
 def affine_to_flow(matrix: Tensor, shape: Sequence[int]) -> Tensor:
     """Dense displacement of a voxel-space affine map ``x ↦ A x + t``.
 
@@ -170,8 +179,6 @@ def affine_to_flow(matrix: Tensor, shape: Sequence[int]) -> Tensor:
     """
     ndim = len(shape)
     matrix = matrix[:, :ndim, :]
-    axes = [torch.arange(n, device=matrix.device, dtype=matrix.dtype) for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # (ndim, *shape)
-    points = grid.reshape(ndim, -1)
+    points = voxel_grid(shape, matrix.dtype, matrix.device).reshape(ndim, -1)
     mapped = matrix[:, :, :ndim] @ points + matrix[:, :, ndim:]
     return (mapped - points).reshape(matrix.shape[0], ndim, *shape)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..spatial import voxel_grid
 from .preprocess import Grid, sample
 
 __all__ = ["AffineResult", "center_of_mass", "initial_transform", "affine_align"]
@@ -38,8 +39,7 @@ def _moments(image: Tensor, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     weights = image.detach().clamp(min=0).double().flatten().cpu()
     if float(weights.sum()) <= 0:
         raise ValueError("the image is zero everywhere: nothing to align")
-    axes = [torch.arange(n, dtype=torch.float64) for n in grid.shape]
-    voxels = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(grid.ndim, -1)
+    voxels = voxel_grid(grid.shape, torch.float64).reshape(grid.ndim, -1)
     world = torch.as_tensor(grid.affine[:-1, :-1]) @ voxels + torch.as_tensor(grid.affine[:-1, -1:])
     weights = weights / weights.sum()
     centre = world @ weights
@@ -177,8 +177,7 @@ def affine_align(
     pyramid = []
     for factor in levels:
         f_grid, m_grid = fixed_grid.pooled(factor), moving_grid.pooled(factor)
-        axes = [torch.arange(n, device=device, dtype=torch.float64) for n in f_grid.shape]
-        voxels = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(f_grid.ndim, -1)
+        voxels = voxel_grid(f_grid.shape, torch.float64, device).reshape(f_grid.ndim, -1)
         points = torch.cat([voxels, torch.ones_like(voxels[:1])])
         world = torch.as_tensor(f_grid.affine, device=device) @ points
         to_moving = torch.as_tensor(np.linalg.inv(m_grid.affine), device=device)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..spatial import warp
+from ..spatial import voxel_grid, warp
 from .io import RAS_TO_LPS, Image, ImageError, load_image
 from .preprocess import Grid, spatial_affine
 
@@ -55,12 +55,6 @@ def read_displacement_itk(path: str | os.PathLike[str]) -> tuple[Tensor, np.ndar
     return torch.from_numpy(ras), np.asarray(img.affine, dtype=np.float64)
 
 
-def _voxel_points(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Voxel indices ``(ndim, *shape)``, float64."""
-    axes = [torch.arange(n, device=device, dtype=torch.float64) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
-
-
 def _map(matrix: np.ndarray, points: Tensor) -> Tensor:
     """``matrix`` ``(n + 1)²`` applied to points ``(n, *S)``."""
     n = points.shape[0]
@@ -71,7 +65,7 @@ def _map(matrix: np.ndarray, points: Tensor) -> Tensor:
 def _sample_itk(values: Tensor, index: Tensor, mode: str) -> Tensor:
     """``values`` ``(C, *S)`` at continuous indices ``index`` ``(ndim, *T)`` the ITK way
     (module docstring) → ``(C, *T)``, zero outside."""
-    identity = _voxel_points(tuple(index.shape[1:]), index.device)
+    identity = voxel_grid(tuple(index.shape[1:]), torch.float64, index.device)
     out = warp(values[None], (index - identity)[None], mode=mode, padding="border")[0]
     size = torch.tensor(values.shape[1:], dtype=index.dtype, device=index.device).view(-1, *([1] * (index.dim() - 1)))
     inside = ((index >= -0.5) & (index < size - 0.5)).all(dim=0)
@@ -110,7 +104,7 @@ def apply_transform(transform: str | os.PathLike[str], image: str | os.PathLike[
             raise ImageError(f"the {what} is {n}-D but the transform {transform} is {ndim}-D")
     target, target_affine = (field_grid, field_affine) if ref is None else (Grid.of(ref), ref.affine)
 
-    world = _map(target.affine, _voxel_points(target.shape, device))
+    world = _map(target.affine, voxel_grid(target.shape, torch.float64, device))
     if target.shape == field_grid.shape and np.allclose(target.affine, field_grid.affine, atol=1e-6):
         d = displacement.to(device)  # the field's own grid: no interpolation
     else:

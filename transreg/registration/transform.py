@@ -7,14 +7,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..spatial import voxel_grid
 from .preprocess import coordinates, sample, spatial_affine
 
 __all__ = ["Transform"]
-
-
-def _identity(shape: tuple[int, ...], device: torch.device | str = "cpu") -> Tensor:
-    axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
 @dataclass
@@ -38,11 +34,11 @@ class Transform:
                           moving_affine: np.ndarray) -> "Transform":
         """From a voxel displacement ``(ndim, *fixed_shape)`` (moving voxel ``x + u(x)``)."""
         u = torch.as_tensor(np.asarray(displacement), dtype=torch.float32)
-        return cls(u + _identity(tuple(u.shape[1:])), np.asarray(fixed_affine), np.asarray(moving_affine))
+        return cls(u + voxel_grid(tuple(u.shape[1:])), np.asarray(fixed_affine), np.asarray(moving_affine))
 
     def displacement_voxel(self) -> np.ndarray:
         """``y(x) − x`` ``(ndim, *S)``: the Learn2Reg displacement (same-grid pairs)."""
-        return (self.coords - _identity(tuple(self.coords.shape[1:]), self.coords.device)).cpu().numpy()
+        return (self.coords - voxel_grid(tuple(self.coords.shape[1:]), device=self.coords.device)).cpu().numpy()
 
     def displacement_world(self) -> np.ndarray:
         """``A_m y(x) − A_f x`` ``(ndim, *S)`` in RAS millimetres (in-plane for 2-D), in float64
