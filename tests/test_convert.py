@@ -1,10 +1,13 @@
 """Converting checkpoints of the original TransMorph / ViT-V-Net / VoxelMorph code.
 
 Equality with the original networks is checked on fixtures made by the original code:
-four networks kept small in the repository (``tests/fixtures/official``: weights, the
-input pair, the original outputs at every second voxel; made by
-``tests/fixtures/make_official_small.py``), and all six in full where
-``../shared/fixtures/official`` (or ``$TRANSREG_FIXTURES/official``) exists. The remaining
+five networks kept small in the repository (``tests/fixtures/official``: weights, the
+input pair, the original outputs at every second voxel), and the six of
+``../shared/fixtures/official`` (or ``$TRANSREG_FIXTURES/official``) in full where it
+exists. Four small ones are copies of ../shared's, made by
+``tests/fixtures/make_official_small.py``; ViT-V-Net's (``vitvnet_mini``, narrower than
+../shared's 17 MB ``vitvnet_small``) was made with the original code by
+``tests/fixtures/make_official_vitvnet_mini.py``. The remaining
 tests build checkpoints in the original VoxelMorph layout by hand and compare with a
 functional re-statement of the original forward pass.
 """
@@ -21,12 +24,12 @@ from safetensors.torch import load_file
 
 import transreg
 from transreg.cli import main as cli_main
-from transreg.zoo.convert import ConversionError, convert, from_original
+from transreg.zoo.convert import KINDS, ConversionError, convert, from_original
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Path(__file__).resolve().parent / "fixtures" / "official"
 FIXTURES = Path(os.environ.get("TRANSREG_FIXTURES", REPO.parent / "shared" / "fixtures")) / "official"
-FIXTURE_KINDS = {
+SHARED_KINDS = {  # the full fixtures of ../shared
     "transmorph_tiny": "transmorph",
     "transmorph_e12": "transmorph",
     "transmorph_diff_e12": "transmorph_diff",
@@ -34,6 +37,7 @@ FIXTURE_KINDS = {
     "voxelmorph1": "voxelmorph1",
     "voxelmorph2": "voxelmorph2",
 }
+FIXTURE_KINDS = {**SHARED_KINDS, "vitvnet_mini": "vitvnet"}  # vitvnet_mini: in the repository only
 IN_REPO = sorted(p.name for p in SMALL.iterdir() if p.is_dir())
 
 
@@ -117,7 +121,12 @@ def test_converted_model_reproduces_the_original(name, tmp_path):
     _check_equal(name, original(name, tmp_path))
 
 
-@pytest.mark.parametrize("name", list(FIXTURE_KINDS))
+def test_every_original_network_has_a_small_fixture():
+    """Every kind ``transreg convert --from`` takes is checked on a clean clone."""
+    assert sorted({FIXTURE_KINDS[name] for name in IN_REPO}) == sorted(KINDS)
+
+
+@pytest.mark.parametrize("name", list(SHARED_KINDS))
 def test_converted_model_reproduces_the_original_full_fixtures(name, tmp_path):
     """Every network, every voxel, where the full fixtures of ../shared exist."""
     _check_equal(name, original(name, tmp_path, full=True))
