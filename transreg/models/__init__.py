@@ -1,5 +1,5 @@
 """Model families; importing this module registers their entrypoints."""
-from . import affine, transmorph, vitvnet, voxelmorph
+from . import affine, cascade, transmorph, vitvnet, voxelmorph
 from .base import InputError, RegistrationModel, RegistrationOutput
 
-__all__ = ["affine", "InputError", "RegistrationModel", "RegistrationOutput", "transmorph", "vitvnet", "voxelmorph"]
+__all__ = ["affine", "cascade", "InputError", "RegistrationModel", "RegistrationOutput", "transmorph", "vitvnet", "voxelmorph"]
