@@ -83,10 +83,10 @@ def instance_opt(model: str, steps: list[int], test_set: str, out: Path, weight:
     from transreg.evaluation.dataset import read_pairs, select_labels
     from transreg.registration.io import load_image
     from transreg.metrics import dice, structure_mean
-    from transreg.registration.pipeline import _build_model
+    from transreg.registration.pipeline import network_for
 
     pairs = read_pairs(BENCH / f"test_{test_set}" / "test_pairs.csv")
-    net = _build_model(model, 3)
+    net = network_for(model, 3)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["steps", "pair", "dice", "folding_percent", "seconds"]
     with (out / "instance_opt.csv").open("w", newline="") as f:  # rows are appended as they come

@@ -434,3 +434,25 @@ def test_shapes_recipe_runs(tmp_path):
     assert cli_main(["train", str(recipe), "--steps", "2", "--size", "32", "32", "--out", str(tmp_path / "r")]) == 0
     cfg = load_config(tmp_path / "r" / "config.yaml")
     assert cfg.optim.schedule == "cosine" and cfg.run.steps == 2 and cfg.data.size == [32, 32]
+
+
+def test_cascade_passes_wraps_the_pretrained_network_and_trains_it(tmp_path):
+    """model.cascade_passes: the pretrained network applied twice; the run's checkpoint is
+    a recursive_cascade whose shared base started from the pretrained weights."""
+    Trainer(config(tmp_path / "pre", steps=2)).fit()
+    pretrained = load_file(tmp_path / "pre" / "final" / "model.safetensors")
+    cfg = config(tmp_path / "cascade", steps=3, model={"pretrained": str(tmp_path / "pre" / "final"),
+                                                        "cascade_passes": 2, "freeze_encoder": True})
+    trainer = Trainer(cfg)
+    assert trainer.model.passes == 2 and trainer.model.architecture == "recursive_cascade"
+    assert all(torch.equal(pretrained[k], v) for k, v in
+               ((k.removeprefix("base."), v) for k, v in trainer.model.state_dict().items()))
+    final = trainer.fit()
+    trained = load_file(final / "model.safetensors")
+    assert set(trained) == {f"base.{k}" for k in pretrained}
+    assert all(torch.equal(trained[f"base.{k}"], pretrained[k]) for k in pretrained if k.startswith("encoder."))
+    assert any(not torch.equal(trained[f"base.{k}"], pretrained[k]) for k in pretrained if not k.startswith("encoder."))
+    loaded = transreg.create_model(str(final), pretrained=True)
+    assert loaded.passes == 2 and loaded.init_args["base"] == "transmorph_tiny"
+    with pytest.raises(ConfigError, match="cascade of 2 passes"):
+        Trainer(config(tmp_path / "again", steps=1, model={"pretrained": str(final), "cascade_passes": 3}))

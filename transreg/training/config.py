@@ -2,7 +2,7 @@
 
 A recipe has five sections (every key optional, defaults below)::
 
-    model: {name, args, pretrained, freeze_encoder, grad_checkpointing}
+    model: {name, args, pretrained, cascade_passes, freeze_encoder, grad_checkpointing}
     data:  {train, val, size, spacing, pairing, atlas, val_split, val_pairs, batch_size,
             num_workers, num_labels, shared_contrast, flip, affine_degrees, affine_scale,
             affine_shift}
@@ -48,6 +48,7 @@ class ModelConfig:
     name: str = "transmorph_tiny"
     args: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # registry tag, hf-hub:..., local-dir:... or a folder
+    cascade_passes: int = 1  # > 1: the network applied that many times, flows composed (RecursiveCascade)
     freeze_encoder: bool = False
     grad_checkpointing: bool = False
 

@@ -149,11 +149,29 @@ class Trainer:
 
         m = self.config.model
         if m.pretrained:
-            return create_model(m.pretrained, pretrained=True)
-        try:
-            return create_model(m.name, **{"ndim": self.ndim, **m.args})
-        except TypeError as err:
-            raise ConfigError(f"model.args {m.args} do not fit {m.name!r}: {err}") from None
+            model = create_model(m.pretrained, pretrained=True)
+        else:
+            try:
+                model = create_model(m.name, **{"ndim": self.ndim, **m.args})
+            except TypeError as err:
+                raise ConfigError(f"model.args {m.args} do not fit {m.name!r}: {err}") from None
+        return self._cascaded(model, m.cascade_passes)
+
+    @staticmethod
+    def _cascaded(model: nn.Module, passes: int) -> nn.Module:
+        """``model`` as a recursive cascade of ``passes`` (model.cascade_passes; 1: as is)."""
+        from ..models.cascade import RecursiveCascade
+
+        if isinstance(model, RecursiveCascade):
+            if passes not in (1, model.passes):
+                raise ConfigError(f"model.pretrained is a recursive cascade of {model.passes} passes; "
+                                  f"model.cascade_passes {passes} does not match it (leave it out or set it to {model.passes})")
+            return model
+        if passes == 1:
+            return model
+        if passes < 1:
+            raise ConfigError(f"model.cascade_passes must be at least 1, got {passes}")
+        return RecursiveCascade.wrapping(model, passes)
 
     def _check_model(self) -> None:
         model_ndim = getattr(self.model, "ndim", None)
@@ -161,7 +179,8 @@ class Trainer:
             raise ConfigError(f"the model is {model_ndim}-D but the training data is {self.ndim}-D (data.size / images)")
 
     def _freeze_encoder(self) -> None:
-        encoder = getattr(self.model, "encoder", None)
+        network = getattr(self.model, "base", self.model)  # a recursive cascade's shared network
+        encoder = getattr(network, "encoder", None)
         if not isinstance(encoder, nn.Module):
             raise ConfigError(f"model.freeze_encoder: {type(self.model).__name__} has no .encoder to freeze")
         for p in encoder.parameters():
