@@ -10,7 +10,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from transreg.registration.io import Image, ImageError, load_image, save_displacement_itk, save_displacement_voxel, save_image
-from transreg.registration.preprocess import Grid, Preprocessing, normalize_intensity, resample_image
+from transreg.registration.preprocess import (Grid, Preprocessing, coordinates, lattice_map, normalize_intensity,
+                                             resample_image, sample, sample_affine)
 from transreg.registration.result import RegistrationResult
 from transreg.registration.transform import Transform
 
@@ -181,3 +182,45 @@ def test_transform_world_displacement_is_physical():
     y = np.array([1 + 1.0, 2 - 2.0, 3 + 0.5, 1])
     expected = (moving_affine @ y - FIXED_AFFINE @ np.array([1, 2, 3, 1]))[:3]
     np.testing.assert_allclose(t.displacement_world()[:, 1, 2, 3], expected, atol=1e-4)
+
+
+def _lattice_matrix(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    """A random signed axis permutation with a whole-voxel shift (crop, pad, flip, swap)."""
+    m = np.zeros((ndim + 1, ndim + 1))
+    for i, j in enumerate(rng.permutation(ndim)):
+        m[i, j] = rng.choice([-1.0, 1.0])
+    m[:ndim, ndim] = rng.integers(-3, 12, ndim)
+    m[ndim, ndim] = 1.0
+    return m
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_lattice_resampling_is_the_interpolation_it_replaces(ndim, padding):
+    """Crops, pads, flips and axis swaps take the index-lookup path of sample_affine; its
+    values are grid_sample's (sample at the same coordinates), floats and label maps."""
+    rng = np.random.default_rng(ndim)
+    source = (9, 11, 8)[:ndim]
+    image = torch.rand(2, 3, *source, dtype=torch.float32)
+    labels = torch.from_numpy(rng.integers(0, 40, (1, 1, *source)).astype(np.int16))
+    for _ in range(6):
+        matrix, shape = _lattice_matrix(rng, ndim), tuple(int(n) for n in rng.integers(5, 14, ndim))
+        assert lattice_map(matrix) is not None
+        coords = coordinates(matrix, shape)
+        assert torch.allclose(sample_affine(image, matrix, shape, padding=padding),
+                              sample(image, coords, padding=padding), atol=1e-5)
+        fast = sample_affine(labels, matrix, shape, mode="nearest", padding=padding)
+        assert fast.dtype == torch.int16
+        assert torch.equal(fast, sample(labels, coords, mode="nearest", padding=padding))
+
+
+def test_only_whole_voxel_axis_maps_are_lattice_maps():
+    eye = np.eye(4)
+    assert lattice_map(eye) is not None
+    for edit in [(0, 3, 0.5), (0, 0, 2.0), (0, 1, 1.0), (1, 1, 0.999)]:
+        m = eye.copy()
+        m[edit[0], edit[1]] = edit[2]
+        assert lattice_map(m) is None, edit
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]  # 90° in-plane: a lattice map
+    assert lattice_map(rotation) is not None

@@ -88,6 +88,12 @@ class RegistrationModel(nn.Module):
             )
 
     def forward(self, moving: Tensor, fixed: Tensor) -> RegistrationOutput:
+        flow, velocity = self.displacement(moving, fixed)
+        return RegistrationOutput(flow=flow, warped=warp(moving, flow), velocity=velocity)
+
+    def displacement(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(flow, velocity)`` of :meth:`forward` without warping the moving image (what
+        inference needs when it resamples the original image itself)."""
         self._check_inputs(moving, fixed)
         spatial = moving.shape[2:]
         x = torch.cat([moving, fixed], dim=1)
@@ -102,5 +108,4 @@ class RegistrationModel(nn.Module):
             if velocity is not None:
                 stride = x.shape[2] // velocity.shape[2]
                 velocity = velocity[(slice(None), slice(None), *(slice(0, -(-s // stride)) for s in spatial))]
-        flow = flow.contiguous()  # the decoders work channels-last; callers get the plain layout
-        return RegistrationOutput(flow=flow, warped=warp(moving, flow), velocity=velocity)
+        return flow.contiguous(), velocity  # the decoders work channels-last; callers get the plain layout

@@ -22,13 +22,15 @@ __all__ = ["RecursiveCascade"]
 
 class RecursiveCascade(RegistrationModel):
     """``passes`` applications of the registration network ``base`` (an architecture
-    name built with ``base_args``); the output ``flow`` ``(B, ndim, *S)`` is the composed
+    name built with ``base_args``; other keyword arguments, e.g. ``ndim``, go to it too,
+    so the cascade is built like any architecture); the output ``flow`` ``(B, ndim, *S)`` is the composed
     displacement in voxels, ``velocity`` is None (a diffeomorphic base stays
     diffeomorphic: a composition of diffeomorphisms is one)."""
 
-    def __init__(self, base: str = "transmorph_micro", base_args: Mapping[str, Any] | None = None, passes: int = 2):
+    def __init__(self, base: str = "transmorph_micro", base_args: Mapping[str, Any] | None = None, passes: int = 2,
+                 **base_overrides: Any):
         super().__init__()
-        network = model_entrypoint(base)(**dict(base_args or {}))
+        network = model_entrypoint(base)(**{**dict(base_args or {}), **base_overrides})
         self._adopt(base, network, passes)
 
     @classmethod

@@ -46,6 +46,7 @@ from .outputs import check_output_dir
 from .pairlist import Pair
 from .pipeline import network_for, register
 from .result import RegistrationResult
+from .transform import AffineResampling
 
 __all__ = ["SUMMARY_FIELDS", "SUMMARY_FILE", "is_complete", "run_batch"]
 
@@ -117,10 +118,15 @@ def _write_pair(result: RegistrationResult, out: str, name: str) -> dict[str, An
 
 
 def _portable(result: RegistrationResult) -> RegistrationResult:
-    """``result`` with its transform on the CPU and the unregistered moving image computed
-    (the overlay's; a lazy function cannot be sent), to send it to the writer process."""
+    """``result`` with its transform on the CPU, to send it to the writer process; the
+    unregistered moving image (the overlay's) is left for the writer to resample."""
     transform = dataclasses.replace(result.transform, coords=result.transform.coords.cpu())
-    return dataclasses.replace(result, transform=transform, moving_before=result.before())
+    before = result.moving_before
+    if isinstance(before, AffineResampling):
+        before = dataclasses.replace(before, device="cpu")
+    elif callable(before):  # a function cannot be sent: resample here
+        before = result.before()
+    return dataclasses.replace(result, transform=transform, moving_before=before)
 
 
 def _clear_partial(out: Path, pairs: Sequence[Pair]) -> None:

@@ -14,10 +14,10 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
-from ..models.base import RegistrationOutput
+from ..models.base import RegistrationModel, RegistrationOutput
 from .defaults import PRECISIONS, Precision
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict"]
+__all__ = ["PRECISIONS", "Precision", "autocast", "count_flops", "predict", "predict_flow"]
 
 
 def autocast(device: torch.device | str, precision: Precision = "fp32") -> ContextManager:
@@ -37,19 +37,34 @@ def predict(model: nn.Module, moving: Tensor, fixed: Tensor, precision: Precisio
     enter autograd later); ``flow`` ``(B, ndim, *S)`` in voxels as for ``model(...)``.
     The model's train/eval mode is restored afterwards.
     """
-    context = autocast(moving.device, precision)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), context:
-            out = model(moving, fixed)
-    finally:
-        model.train(was_training)
+    out = _in_inference_mode(model, precision, moving.device, lambda: model(moving, fixed))
     return RegistrationOutput(
         flow=out.flow.float(),
         warped=out.warped.float() if out.warped.is_floating_point() else out.warped,
         velocity=None if out.velocity is None else out.velocity.float(),
     )
+
+
+def predict_flow(model: nn.Module, moving: Tensor, fixed: Tensor, precision: Precision = "fp32") -> Tensor:
+    """The float32 ``flow`` ``(B, ndim, *S)`` (voxels) of :func:`predict`, without warping
+    the moving image (a :class:`RegistrationModel` skips that step)."""
+    if isinstance(model, RegistrationModel):
+        flow, _ = _in_inference_mode(model, precision, moving.device, lambda: model.displacement(moving, fixed))
+    else:
+        flow = _in_inference_mode(model, precision, moving.device, lambda: model(moving, fixed)).flow
+    return flow.float()
+
+
+def _in_inference_mode(model: nn.Module, precision: Precision, device: torch.device,
+                       run: Callable[[], Any]) -> Any:
+    context = autocast(device, precision)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), context:
+            return run()
+    finally:
+        model.train(was_training)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -25,11 +25,12 @@ from torch import Tensor, nn
 from ..spatial import warp
 from .affine_stage import affine_mode, affine_model_name, run_affine_stage
 from .defaults import INSTANCE_OPT_WEIGHT, default_model
-from .inference import Precision, predict
+from .inference import Precision, predict_flow
 from .io import Image, ImageError, load_image
-from .preprocess import Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample, voxel_map
+from .preprocess import (Grid, Preprocessing, coordinates, normalize_intensity, resample_image, sample_affine,
+                         voxel_map)
 from .result import RegistrationResult
-from .transform import Transform
+from .transform import AffineResampling, Transform
 
 __all__ = ["register", "network_for", "ImageSource"]
 
@@ -242,7 +243,7 @@ def register(
 
     flow = torch.zeros(1, ndim, *model_grid.shape, device=device)
     if net is not None:
-        flow = predict(net, moving_model, fixed_model, precision=precision).flow.clone()
+        flow = predict_flow(net, moving_model, fixed_model, precision=precision).clone()
         stages.done("deformable", f"max displacement {flow.abs().max().item():.2f} voxels")
         if instance_opt:
             flow = _instance_optimise(flow, moving_model, fixed_model, instance_opt, instance_opt_weight,
@@ -251,8 +252,7 @@ def register(
 
     transform = _full_transform(flow, model_grid, world, fixed_img, moving_img, device)
     warped = Image(transform.apply(moving_img.data), fixed_img.affine, "warped")
-    before = Transform(coordinates(voxel_map(fixed_grid, moving_grid), fixed_img.shape, device),
-                       fixed_img.affine, moving_img.affine)
+    unregistered = voxel_map(fixed_grid, moving_grid)  # fixed voxel → moving voxel, no registration
     warped_labels = None
     if label_imgs["moving"] is not None:
         warped_labels = Image(transform.apply(label_imgs["moving"].data, labels=True), fixed_img.affine)
@@ -276,7 +276,8 @@ def register(
         if warped_labels is not None and label_imgs["fixed"] is not None:
             moving_labels_data, fixed_labels_data = label_imgs["moving"].data, label_imgs["fixed"].data
             report["dice"] = _dice_report(warped_labels.data, fixed_labels_data)
-            report["dice_before"] = _dice_report(before.apply(moving_labels_data, True), fixed_labels_data)["mean"]
+            before = AffineResampling(moving_labels_data, unregistered, fixed_img.shape, True, str(device))()
+            report["dice_before"] = _dice_report(before, fixed_labels_data)["mean"]
             report["dice_affine"] = report["dice_before"]  # an identity affine stage: the same map
             if not np.array_equal(world, np.eye(ndim + 1)):
                 affine_stage = _full_transform(None, model_grid, world, fixed_img, moving_img, device)
@@ -286,7 +287,7 @@ def register(
                     (f", mean Dice {report['dice']['mean']:.3f}" if "dice" in report else ""))
     report["runtime_s"] = dict(stages.runtime)
     return RegistrationResult(warped, warped_labels, transform, report, fixed_img,
-                              lambda: before.apply(moving_img.data))
+                              AffineResampling(moving_img.data, unregistered, fixed_img.shape, device=str(device)))
 
 
 def _full_transform(flow: Tensor | None, model_grid: Grid, world: np.ndarray, fixed: Image, moving: Image,
@@ -302,7 +303,7 @@ def _full_transform(flow: Tensor | None, model_grid: Grid, world: np.ndarray, fi
     y = coordinates(to_moving @ to_model, fixed.shape, device)
     if flow is not None and bool(flow.any()):
         n = model_grid.ndim
-        u = sample(flow, coordinates(to_model, fixed.shape, device), padding="border")[0]
+        u = sample_affine(flow, to_model, fixed.shape, padding="border")[0]
         linear = torch.as_tensor(to_moving[:n, :n], dtype=torch.float32, device=device)
         y += torch.einsum("ij,j...->i...", linear, u)
     return Transform(y, fixed.affine, moving.affine)

@@ -31,6 +31,7 @@ __all__ = [
     "voxel_map",
     "coordinates",
     "sample",
+    "sample_affine",
     "normalize_intensity",
     "resample_image",
 ]
@@ -193,6 +194,44 @@ def sample(image: Tensor, coords: Tensor, mode: str = "bilinear", padding: str =
     return (out.round() if integer else out).to(image.dtype)
 
 
+def lattice_map(matrix: np.ndarray, atol: float = 1e-6) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(linear, offset)`` as integers when ``x ↦ matrix · x`` maps voxel centres onto
+    voxel centres by a signed permutation of the axes plus a whole-voxel shift (a crop,
+    pad, flip or axis swap: sampling is then an exact index lookup), else ``None``."""
+    n = matrix.shape[0] - 1
+    linear, offset = np.rint(matrix[:n, :n]), np.rint(matrix[:n, n])
+    if np.abs(matrix[:n, :n] - linear).max() > atol or np.abs(matrix[:n, n] - offset).max() > atol:
+        return None
+    if not (np.abs(linear).sum(axis=0) == 1).all() or not (np.abs(linear).sum(axis=1) == 1).all():
+        return None
+    return linear.astype(int), offset.astype(int)
+
+
+def sample_affine(image: Tensor, matrix: np.ndarray, shape: Sequence[int], mode: str = "bilinear",
+                  padding: str = "zeros") -> Tensor:
+    """Sample ``image`` ``(B, C, *src)`` at ``matrix · x`` (``(ndim + 1)²``, target voxel →
+    source voxel) for every voxel ``x`` of a ``shape`` grid → ``(B, C, *shape)``, as
+    :func:`sample` does; a crop / pad / flip / axis swap (:func:`lattice_map`) is an exact
+    index lookup instead of an interpolation (the values grid_sample gives there, up to
+    its float32 rounding of the positions)."""
+    lattice = lattice_map(np.asarray(matrix, dtype=np.float64))
+    if lattice is None:
+        return sample(image, coordinates(matrix, shape, image.device), mode, padding)
+    linear, offset = lattice
+    ndim = len(shape)
+    indices, inside = [], torch.ones((1,) * ndim, dtype=torch.bool, device=image.device)
+    for axis in range(ndim):  # source axis ``axis`` follows target axis ``along``
+        along = int(np.flatnonzero(linear[axis])[0])
+        index = linear[axis, along] * torch.arange(shape[along], device=image.device) + int(offset[axis])
+        view = [-1 if a == along else 1 for a in range(ndim)]
+        inside = inside & ((index >= 0) & (index < image.shape[2 + axis])).view(view)
+        indices.append(index.clamp(0, image.shape[2 + axis] - 1).view(view))
+    out = image[(slice(None), slice(None), *indices)]
+    if padding == "zeros" and not bool(inside.all()):
+        out = out * inside.to(out.dtype) if out.is_floating_point() else out.masked_fill(~inside, 0)
+    return out.contiguous()
+
+
 def _normalization_spec(spec: Mapping[str, Any] | str) -> dict[str, Any]:
     """A normalization dict (the typed record of :class:`~transreg.zoo.preprocessing.IntensitySpec`)
     from a dict or a method name (``"percentile"``, ``"minmax"``, ``"ct"``, ``"none"``)."""
@@ -240,5 +279,5 @@ def resample_image(data: np.ndarray, source: Grid, target: Grid, world: np.ndarr
 
         data = ndimage.gaussian_filter(data.astype(np.float32), sigma, mode="nearest")
     image = torch.as_tensor(np.ascontiguousarray(data), dtype=torch.float32, device=device)[None, None]
-    return sample(image, coordinates(voxel_map(target, source, world), target.shape, device))
+    return sample_affine(image, voxel_map(target, source, world), target.shape)
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..spatial import voxel_grid
-from .preprocess import coordinates, sample, spatial_affine
+from .preprocess import coordinates, sample, sample_affine, spatial_affine
 
-__all__ = ["Transform"]
+__all__ = ["Transform", "AffineResampling"]
 
 
 @dataclass
@@ -60,3 +61,24 @@ class Transform:
             out = sample(image.to(torch.int64), self.coords, mode="nearest")
             return out[0, 0].cpu().numpy().astype(data.dtype)
         return sample(image.float(), self.coords)[0, 0].cpu().numpy()
+
+
+@dataclass
+class AffineResampling:
+    """``data`` (on its own grid) resampled at ``matrix · x`` (``(ndim + 1)²``, target voxel
+    → ``data`` voxel) for every voxel of a ``shape`` grid, when called: linear, or nearest
+    neighbour for ``labels`` (dtype kept); zero outside. A plain picklable object, so a
+    result can defer the work to the process that writes it."""
+
+    data: np.ndarray
+    matrix: np.ndarray
+    shape: Sequence[int]
+    labels: bool = False
+    device: str = "cpu"
+
+    def __call__(self) -> np.ndarray:
+        image = torch.as_tensor(np.ascontiguousarray(self.data), device=self.device)[None, None]
+        if self.labels:
+            out = sample_affine(image.to(torch.int64), self.matrix, self.shape, mode="nearest")
+            return out[0, 0].cpu().numpy().astype(self.data.dtype)
+        return sample_affine(image.float(), self.matrix, self.shape)[0, 0].cpu().numpy()
