@@ -192,6 +192,46 @@ def test_compare_writes_table_and_plots(pairs_csv: Path, tmp_path: Path, monkeyp
 
     for name in ("dice_boxplot.png", "dice_vs_runtime.png"):
         assert matplotlib.image.imread(out / name).ndim == 3
+    # paired differences against the first of --models, from the per-pair rows
+    paired = {(r["method"], r["metric"]): r for r in csv.DictReader((out / "paired_differences.csv").open())}
+    assert {m for m, _ in paired} == {"identity", "affine"} and {r["reference"] for r in paired.values()} == {"voxelmorph1"}
+    for method in ("identity", "affine"):
+        diffs = [float(a["dice_mean"]) - float(b["dice_mean"]) for a, b in zip(
+            (r for r in rows if r["method"] == method), (r for r in rows if r["method"] == "voxelmorph1"))]
+        d = paired[(method, "dice_mean")]
+        assert float(d["mean"]) == pytest.approx(np.mean(diffs), abs=1e-5) and int(d["pairs"]) == 2
+        assert float(d["low"]) <= float(d["mean"]) <= float(d["high"])
+        assert int(d["better"]) == sum(x > 0 for x in diffs)
+    assert "Paired differences against `voxelmorph1`" in text and "| affine | 2 |" in text
+
+
+def test_bootstrap_interval_matches_scipy() -> None:
+    """The percentile bootstrap interval of a mean, against scipy.stats.bootstrap."""
+    from scipy import stats
+
+    from transreg.evaluation.paired import bootstrap_mean_interval
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.02, 0.03, 30)
+    low, high = bootstrap_mean_interval(values, 0.95, resamples=40_000, seed=1)
+    reference = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=40_000, method="percentile",
+                                random_state=2).confidence_interval
+    assert low == pytest.approx(reference.low, abs=1.5e-3) and high == pytest.approx(reference.high, abs=1.5e-3)
+    assert bootstrap_mean_interval([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1))
+
+
+def test_paired_differences_match_pairs_and_skip_missing_values() -> None:
+    from transreg.evaluation.paired import paired_differences
+
+    rows = [{"method": "a", "pair": i, "dice_mean": 0.5 + 0.01 * i, "hd95": 3.0} for i in range(4)]
+    rows += [{"method": "b", "pair": i, "dice_mean": 0.6 + 0.01 * i, "hd95": 2.0 if i else float("nan")}
+             for i in (3, 2, 1, 0)]  # another order: matched by pair, not by position
+    dice, hd95 = paired_differences(rows, "a")
+    assert (dice.method, dice.metric, dice.pairs, dice.better) == ("b", "dice_mean", 4, 4)
+    assert dice.mean == pytest.approx(0.1) and dice.low == pytest.approx(0.1) and dice.high == pytest.approx(0.1)
+    assert (hd95.pairs, hd95.better, hd95.mean) == (3, 3, pytest.approx(-1.0))  # lower HD95 is better
+    with pytest.raises(ValueError, match="reference method 'c'"):
+        paired_differences(rows, "c")
 
 
 def test_compare_bad_inputs_fail_before_work(pairs_csv: Path, tmp_path: Path, capsys) -> None:

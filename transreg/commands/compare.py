@@ -40,13 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="compare methods on a pairs CSV: Dice, HD95, folding, SDlogJ, runtime, params, MACs, memory",
         description="Run each method through the full registration (affine stage included) of every pair and "
-                    "write per_pair.csv, summary.csv, summary.md, dice_boxplot.png and dice_vs_runtime.png. "
+                    "write per_pair.csv, summary.csv, summary.md, dice_boxplot.png, dice_vs_runtime.png and "
+                    "paired_differences.csv (each method against --reference, with bootstrap intervals). "
                     "Baselines identity and affine are included unless --no-baselines; ANTs SyN is added when "
                     "antspyx is installed.")
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
                    help="architecture names (untrained), checkpoint names/folders, or identity/affine/ants")
     add_common(p)
     p.add_argument("--no-baselines", action="store_true", help="do not add the identity and affine baselines")
+    p.add_argument("--reference", default=None, metavar="METHOD",
+                   help="method the others are compared with pair by pair (Dice and HD95 differences with 95 %% "
+                        "bootstrap intervals, paired_differences.csv; default: the first of --models)")
     ants = p.add_mutually_exclusive_group()
     ants.add_argument("--ants", dest="ants", action="store_true", default=None,
                       help="require ANTs SyN (error if antspyx is missing)")
@@ -60,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     evaluation, written = compare(args.models, args.data, args.out, baselines=not args.no_baselines, ants=args.ants,
                                   labels=args.labels, device=args.device, title=args.title,
                                   command=command_string(), progress=not args.no_progress,
-                                  warmup=not args.no_warmup)
+                                  warmup=not args.no_warmup, reference=args.reference)
     report(evaluation.summary, written)
     return 0

@@ -15,11 +15,13 @@ import torch
 
 from .dataset import DatasetError, EvalPair, parse_label_spec, read_pairs, select_labels
 from .methods import BASELINES, Method, ants_available, make_method
+from .paired import PairedDifference, paired_differences
 from .report import OUTPUT_FILES, write_results
 from .runner import Evaluation, evaluate, residual_displacement
 
 __all__ = ["DatasetError", "EvalPair", "Evaluation", "read_pairs", "select_labels", "parse_label_spec",
-           "make_method", "evaluate", "residual_displacement", "write_results", "compare", "OUTPUT_FILES"]
+           "make_method", "evaluate", "residual_displacement", "write_results", "compare", "OUTPUT_FILES",
+           "PairedDifference", "paired_differences"]
 
 ANTS_MISSING = "ANTs SyN skipped: antspyx not installed (pip install 'transreg[ants]')"
 
@@ -34,7 +36,8 @@ def _device(device: str | torch.device | None) -> torch.device:
 def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselines: bool = True,
             ants: bool | None = None, labels: str = "aseg30", device: str | torch.device | None = None,
             title: str | None = None, command: str = "", progress: bool = True,
-            warmup: bool = True, subcommand: str = "compare") -> tuple[Evaluation, dict[str, Path]]:
+            warmup: bool = True, subcommand: str = "compare",
+            reference: str | None = None) -> tuple[Evaluation, dict[str, Path]]:
     """Evaluate ``models`` (names as given; ``identity``/``affine``/``ants`` are the
     baselines) on the pairs CSV ``data`` and write the results into ``out``.
 
@@ -42,7 +45,9 @@ def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselin
     (``None``: when antspyx is importable, else a note in the table). ``labels``:
     ``aseg30``, ``all`` or a comma list. Raises before any work for a bad CSV, label
     spec, device or output folder. ``subcommand`` (``compare`` or ``evaluate``) names the
-    default title.
+    default title. ``reference``: the method every other one is compared with pair by
+    pair (Dice and HD95 differences with bootstrap intervals; default: the first of
+    ``models``; none when only one method runs).
     """
     from ..registration.outputs import check_output_dir
 
@@ -58,9 +63,14 @@ def compare(models: Sequence[str], data: str | Path, out: str | Path, *, baselin
     notes = [ANTS_MISSING] if ants is None and not want_ants else []
     if want_ants and "ants" not in names:
         names.append("ants")
+    reference = reference if reference is not None else next(iter(dict.fromkeys(models)), None)
+    if reference is not None and reference not in names:
+        raise ValueError(f"reference {reference!r} is not one of the compared methods: {', '.join(names)}")
     methods: list[Method] = [make_method(n, dev) for n in names]
     evaluation = evaluate(methods, pairs, label_spec, progress=progress, warmup=warmup)
     evaluation.notes[:0] = notes
+    if reference is not None and len(names) > 1:
+        evaluation.paired = paired_differences(evaluation.rows, reference)
     untrained = [r["method"] for r in evaluation.summary if r["trained"] is False]
     if title is None:
         title = f"transreg {subcommand} — {Path(data).name}"

@@ -1,5 +1,6 @@
 """Write an :class:`~transreg.evaluation.runner.Evaluation`: ``per_pair.csv``,
-``summary.csv``, ``summary.md``, ``dice_boxplot.png``, ``dice_vs_runtime.png``.
+``summary.csv``, ``summary.md``, ``dice_boxplot.png``, ``dice_vs_runtime.png`` and, when
+methods were compared with a reference, ``paired_differences.csv``.
 
 Everything is written into a temporary folder inside the output folder and moved into
 place only when all files succeeded.
@@ -18,11 +19,14 @@ import torch
 
 from ..registration.outputs import write_atomically
 from .plots import plot_dice_boxplot, plot_dice_vs_runtime
+from .paired import PairedDifference
 from .runner import Evaluation
 
 __all__ = ["OUTPUT_FILES", "machine_description", "write_results"]
 
 OUTPUT_FILES = ("per_pair.csv", "summary.csv", "summary.md", "dice_boxplot.png", "dice_vs_runtime.png")
+PAIRED_FILE = "paired_differences.csv"
+PAIRED_COLUMNS = ("method", "reference", "metric", "pairs", "mean", "low", "high", "better", "confidence")
 SUMMARY_COLUMNS = ("method", "pairs", "dice_mean", "dice_std", "dsc30", "hd95_mean", "hd95_std",
                    "folding_percent_mean", "folding_percent_std", "sdlogj_mean", "sdlogj_std", "runtime_median_s",
                    "parameters", "macs", "peak_memory_mib", "eval_size", "trained")
@@ -63,6 +67,38 @@ def _write_summary_csv(path: Path, summary: Sequence[dict[str, Any]]) -> None:
             writer.writerow([_cell(row.get(k)) for k in SUMMARY_COLUMNS])
 
 
+def _write_paired_csv(path: Path, paired: Sequence[PairedDifference]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(PAIRED_COLUMNS)
+        for d in paired:
+            writer.writerow([_cell(getattr(d, k)) for k in PAIRED_COLUMNS])
+
+
+def _paired_table(paired: Sequence[PairedDifference]) -> list[str]:
+    """Markdown: one row per method, Dice and HD95 differences against the reference."""
+    if not paired:
+        return []
+    first = paired[0]
+    lines = [f"Paired differences against `{first.reference}` (method − reference on the same pairs; mean over "
+             f"pairs, {first.confidence:.0%} percentile bootstrap interval of the mean, pairs resampled 10 000 times; "
+             "better = pairs where the method has the higher Dice / lower HD95):", "",
+             "| method | pairs | Δ Dice | CI | better | Δ HD95 (mm) | CI | better |", "|---|---:|---:|---|---:|---:|---|---:|"]
+    methods = list(dict.fromkeys(d.method for d in paired))
+    for method in methods:
+        cells = []
+        pairs = 0
+        for metric, digits in (("dice_mean", 3), ("hd95", 2)):
+            d = next((x for x in paired if x.method == method and x.metric == metric), None)
+            if d is None:
+                cells += ["–", "–", "–"]
+                continue
+            pairs = max(pairs, d.pairs)
+            cells += [f"{d.mean:+.{digits}f}", f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]", f"{d.better}/{d.pairs}"]
+        lines.append(f"| {method} | {pairs} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _pm(mean: float, std: float, digits: int) -> str:
     return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -99,6 +135,7 @@ def _markdown(evaluation: Evaluation, title: str, command: str, data: str, devic
         f"- date: {datetime.date.today().isoformat()}",
         f"- {label_line}", "",
         *_markdown_table(evaluation.summary), "",
+        *(_paired_table(evaluation.paired) + [""] if evaluation.paired else []),
         "Definitions: Dice per structure on the warped moving labels (nearest neighbour) vs the fixed labels, "
         "mean over structures, then mean ± std over pairs; DSC30 = mean of the worst 30 % of pairs; HD95 = 95th "
         "percentile symmetric surface distance in mm, mean over the structures present in both maps; % folding "
@@ -124,6 +161,9 @@ def write_results(out: Path, evaluation: Evaluation, title: str, command: str, d
         methods = [r["method"] for r in evaluation.summary]
         plot_dice_boxplot(evaluation.rows, methods, folder / "dice_boxplot.png", title)
         plot_dice_vs_runtime(evaluation.summary, folder / "dice_vs_runtime.png", title)
+        if evaluation.paired:
+            _write_paired_csv(folder / PAIRED_FILE, evaluation.paired)
+            return [*OUTPUT_FILES, PAIRED_FILE]
         return list(OUTPUT_FILES)
 
     return write_atomically(out, write)

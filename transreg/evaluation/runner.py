@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .paired import PairedDifference
 from ..registration.io import load_image
 from ..metrics import dice, folding_percent, hd95, sdlogj, structure_mean, summarize
 from ..registration.preprocess import Grid, coordinates, voxel_map
@@ -62,13 +63,15 @@ def pair_metrics(warped_labels: np.ndarray, fixed_labels: np.ndarray, labels: Se
 @dataclass
 class Evaluation:
     """``rows``: one dict per (method, pair); ``summary``: one dict per method;
-    ``notes``: lines for the report; ``label_sets``: the label sets Dice used."""
+    ``notes``: lines for the report; ``label_sets``: the label sets Dice used;
+    ``paired``: differences against a reference method (:mod:`.paired`), if asked."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     label_sets: list[tuple[int, ...]] = field(default_factory=list)
     warmup: bool = True
     summary: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    paired: list[PairedDifference] = field(default_factory=list)
 
 
 class _ImageCache:
