@@ -132,6 +132,9 @@ def test_resume_after_sigterm_gives_the_same_losses(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
     assert [v["step"] for v in jsonl(tmp_path / "cut" / "validation.jsonl")] == [0, 4, 8]
+    # CPU hours go on from the first session's (learning curves against compute)
+    hours = [r["cpu_hours"] for r in got]
+    assert all(b > a for a, b in zip(hours, hours[1:])) and hours[0] > 0
     a, b = load_file(full / "model.safetensors"), load_file(tmp_path / "cut" / "final" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 

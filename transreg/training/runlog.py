@@ -13,7 +13,9 @@ __all__ = ["RunLog"]
 
 class RunLog:
     """metrics.jsonl / validation.jsonl (+ TensorBoard when installed) and the progress
-    line, written by rank 0 only."""
+    line, written by rank 0 only. Every record carries ``cpu_hours``: the CPU time of the
+    training process (all its threads; rank 0's process under DDP) since the run began,
+    continued across resumes, the x axis of learning curves against compute."""
 
     def __init__(self, run_dir: Path, active: bool, total: int, resume_step: int):
         self.active = active
@@ -25,6 +27,8 @@ class RunLog:
         self.validation = run_dir / "validation.jsonl"
         for path in (self.metrics, self.validation):
             _truncate_jsonl(path, resume_step)
+        self._cpu_before = _last_value(self.metrics, "cpu_hours")
+        self._cpu_start = time.process_time()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -32,7 +36,12 @@ class RunLog:
         except ImportError:
             self.writer = None
 
+    def cpu_hours(self) -> float:
+        """CPU hours of the run so far (this session's process time plus the earlier sessions')."""
+        return self._cpu_before + (time.process_time() - self._cpu_start) / 3600.0
+
     def _append(self, path: Path, record: dict[str, Any]) -> None:
+        record = {**record, "cpu_hours": round(self.cpu_hours(), 6)}
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -75,3 +84,15 @@ def _truncate_jsonl(path: Path, keep_until: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_until]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _last_value(path: Path, key: str) -> float:
+    """``key`` of the last record of a JSONL file holding it (0 when none does)."""
+    if not path.exists():
+        return 0.0
+    for line in reversed(path.read_text().splitlines()):
+        if line.strip():
+            value = json.loads(line).get(key)
+            if isinstance(value, (int, float)):
+                return float(value)
+    return 0.0
