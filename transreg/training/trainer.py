@@ -322,7 +322,7 @@ class Trainer:
         for i in range(len(self.val_data)):
             item = self.val_data[i]
             batch = {k: v[None].to(self.device) for k, v in item.items()}
-            with self._autocast():
+            with torch.no_grad(), self._autocast():
                 out = self.model(batch["moving"], batch["fixed"])
                 loss, _ = self.loss(out, batch)
             losses.append(float(loss))
