@@ -1,19 +1,24 @@
-"""Apply a saved displacement field to another image: ``apply_transform(TRANSFORM, IMAGE)``.
+"""Apply saved transforms to another image: ``apply_transform(TRANSFORMS, IMAGE)``.
 
-``TRANSFORM`` is an ITK displacement field as ``transreg register`` writes it
-(``displacement_itk.nii.gz``) and as ANTs / ITK / SimpleITK write them (``*Warp.nii.gz``):
-a 5-D NIfTI ``(X, Y, Z, 1, 3)`` (``(X, Y, 1, 1, 2)`` in 2-D), vectors ``d(p)`` in LPS
-millimetres on the field's grid; the output point ``p`` takes the image's value at
-``p + d(p)``. The result is what SimpleITK's ``Resample(image, reference,
-DisplacementFieldTransform(field), interpolator, 0)`` computes, with ITK's conventions:
-the field is interpolated linearly and is zero outside its grid; a point samples the
-image when its continuous index lies in ``[-0.5, n - 0.5)`` on every axis (neighbours
-clamped to the image, as ITK's linear interpolator does), else the output is 0.
+``TRANSFORMS`` is one transform file or a chain of them, in antsApplyTransforms' order
+(``-t 1Warp.nii.gz -t 0GenericAffine.mat``): the output point ``p`` goes through the
+first, then the second, ..., and the image's value at the last point is the output's.
+Each is an ITK displacement field (``displacement_itk.nii.gz``, ANTs ``*Warp.nii.gz``:
+``p → p + d(p)``) or an ITK linear transform file (ANTs ``0GenericAffine.mat``, ``.txt``,
+``.tfm``), read by :mod:`transreg.registration.itk_transforms`. In SimpleITK terms the
+chain ``[T1, T2, ..., Tk]`` is ``CompositeTransform([Tk, ..., T2, T1])`` (a composite
+applies its last-added transform first), and the result is what ``Resample(image,
+reference, composite, interpolator, 0)`` computes, with ITK's conventions: a field is
+interpolated linearly and is zero outside its grid; a point samples the image when its
+continuous index lies in ``[-0.5, n - 0.5)`` on every axis (neighbours clamped to the
+image, as ITK's linear interpolator does), else the output is 0. The output grid is
+``reference``'s, else the first displacement field's.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence, Union
 
 import nibabel as nib
 import numpy as np
@@ -21,38 +26,15 @@ import torch
 from torch import Tensor
 
 from ..spatial import voxel_grid, warp
-from .io import RAS_TO_LPS, Image, ImageError, load_image
-from .preprocess import Grid, spatial_affine
+from .io import Image, ImageError, load_image
+from .itk_transforms import AffineMap, DisplacementField, read_displacement_itk, read_transform
+from .preprocess import Grid
 
 __all__ = ["INTERPOLATIONS", "apply_transform", "read_displacement_itk"]
 
 INTERPOLATIONS = ("linear", "nearest")
 
-
-def read_displacement_itk(path: str | os.PathLike[str]) -> tuple[Tensor, np.ndarray]:
-    """An ITK displacement field → ``(ndim, *S)`` float64 displacement in RAS mm, and the
-    file's 4×4 voxel → RAS affine. A folder is read as ``transreg register``'s output (its ``displacement_itk.nii.gz``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "displacement_itk.nii.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"transform file not found: {path}")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float64)
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise ImageError(f"transform {path} is not a readable NIfTI file: {err}") from None
-    shape = data.shape
-    if len(shape) != 5 or shape[3] != 1 or shape[4] not in (2, 3) or (shape[4] == 2 and shape[2] != 1):
-        hint = " (displacement_voxel.nii.gz holds voxel units: use displacement_itk.nii.gz)" if len(shape) == 4 else ""
-        raise ImageError(f"transform {path} has shape {shape}; an ITK displacement field is 5-D (X, Y, Z, 1, 3) "
-                         f"or (X, Y, 1, 1, 2){hint}")
-    ndim = shape[4]
-    vectors = data[:, :, :, 0, :] if ndim == 3 else data[:, :, 0, 0, :]
-    if not np.all(np.isfinite(vectors)):
-        raise ImageError(f"transform {path} contains NaN or infinite displacements")
-    ras = np.moveaxis(vectors, -1, 0) * RAS_TO_LPS[:ndim].reshape(ndim, *([1] * ndim))
-    return torch.from_numpy(ras), np.asarray(img.affine, dtype=np.float64)
+PathLike = Union[str, os.PathLike]
 
 
 def _map(matrix: np.ndarray, points: Tensor) -> Tensor:
@@ -80,37 +62,68 @@ def _is_integer_file(path: Path) -> bool:
         return False
 
 
-def apply_transform(transform: str | os.PathLike[str], image: str | os.PathLike[str],
-                    reference: str | os.PathLike[str] | None = None, interp: str = "linear",
-                    device: str | torch.device = "cpu") -> Image:
-    """Resample ``image`` through the displacement field ``transform`` onto ``reference``'s
-    grid (default: the field's grid) → :class:`Image` with the reference affine.
+def _chain(transforms: PathLike | Sequence[PathLike | tuple[PathLike, bool]]) -> list[AffineMap | DisplacementField]:
+    items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
+    if not items:
+        raise ValueError("no transform given")
+    chain = []
+    for item in items:
+        path, inverse = (item, False) if isinstance(item, (str, os.PathLike)) else item
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(inverse, bool):
+            raise TypeError(f"a transform is a path or a (path, inverse: bool) pair, got {item!r}")
+        chain.append(read_transform(path, inverse))
+    dims = {t.ndim for t in chain}
+    if len(dims) > 1:
+        raise ImageError("the transforms mix 2-D and 3-D: " + ", ".join(f"{t.source} ({t.ndim}-D)" for t in chain))
+    return chain
 
-    ``interp``: ``"linear"`` (float32 output) or ``"nearest"`` (the image's dtype: integer
-    label maps stay integer). Raises ``FileNotFoundError`` / :class:`ImageError` naming
-    the problem.
+
+def apply_transform(transform: PathLike | Sequence[PathLike | tuple[PathLike, bool]], image: PathLike,
+                    reference: PathLike | None = None, interp: str = "linear",
+                    device: str | torch.device = "cpu") -> Image:
+    """Resample ``image`` through ``transform`` onto ``reference``'s grid → :class:`Image`
+    with the reference affine.
+
+    ``transform``: one file (a path) or a list of them in antsApplyTransforms' order (module
+    docstring); an entry ``(path, True)`` is that linear transform inverted (ANTs'
+    ``[file,1]``). ``reference`` defaults to the grid of the first displacement field and is
+    required when the chain has none. ``interp``: ``"linear"`` (float32 output) or
+    ``"nearest"`` (the image's dtype: integer label maps stay integer). Raises
+    ``FileNotFoundError`` / :class:`ImageError` naming the problem.
     """
     if interp not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interp!r}")
     device = torch.device(device)
-    displacement, field_affine = read_displacement_itk(transform)
-    ndim = displacement.shape[0]
-    field_grid = Grid(tuple(displacement.shape[1:]), spatial_affine(field_affine, ndim))
+    chain = _chain(transform)
+    ndim = chain[0].ndim
+    fields = [t for t in chain if isinstance(t, DisplacementField)]
+    if reference is None and not fields:
+        raise ValueError("a reference image (--reference) is required: no transform is a displacement field "
+                         "whose grid the output could take")
     image = Path(image)
     moving = load_image(image, labels=interp == "nearest" and _is_integer_file(image), name="image")
     ref = None if reference is None else load_image(reference, name="reference image")
     for what, n in (("image", moving.ndim), ("reference image", ndim if ref is None else ref.ndim)):
         if n != ndim:
-            raise ImageError(f"the {what} is {n}-D but the transform {transform} is {ndim}-D")
-    target, target_affine = (field_grid, field_affine) if ref is None else (Grid.of(ref), ref.affine)
-
-    world = _map(target.affine, voxel_grid(target.shape, torch.float64, device))
-    if target.shape == field_grid.shape and np.allclose(target.affine, field_grid.affine, atol=1e-6):
-        d = displacement.to(device)  # the field's own grid: no interpolation
+            raise ImageError(f"the {what} is {n}-D but the transform {chain[0].source} is {ndim}-D")
+    if ref is None:
+        target, target_affine = fields[0].grid, fields[0].affine
     else:
-        d = _sample_itk(displacement.to(device), _map(np.linalg.inv(field_grid.affine), world), "bilinear")
-    index = _map(np.linalg.inv(Grid.of(moving).affine), world + d)
+        target, target_affine = Grid.of(ref), ref.affine
+
+    points = _map(target.affine, voxel_grid(target.shape, torch.float64, device))
+    for position, t in enumerate(chain):
+        if isinstance(t, AffineMap):
+            points = _map(t.matrix, points)
+            continue
+        grid, d = t.grid, t.displacement.to(device)
+        if position > 0 or target.shape != grid.shape or not np.allclose(target.affine, grid.affine, atol=1e-6):
+            d = _sample_itk(d, _map(np.linalg.inv(grid.affine), points), "bilinear")
+        # else: the points are the field's own grid points, no interpolation
+        points = points + d
+    index = _map(np.linalg.inv(Grid.of(moving).affine), points)
     values = torch.as_tensor(moving.data.astype(np.float64), device=device)[None]
     out = _sample_itk(values, index, "bilinear" if interp == "linear" else "nearest")[0].cpu().numpy()
     dtype = moving.data.dtype if interp == "nearest" else np.float32
-    return Image(out.astype(dtype), target_affine, f"{image} through {transform}")
+    through = ", ".join(t.source for t in chain)
+    return Image(out.astype(dtype), target_affine, f"{image} through {through}")
