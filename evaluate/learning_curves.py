@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runs.append((label, *curve(Path(folder))))
     fig, (by_step, by_cpu) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    lines = [f"# {args.title}", "", f"`python evaluate/learning_curves.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+    lines = [f"# {args.title}", "", f"`python evaluate/learning_curves.py {shlex.join(sys.argv[1:] if argv is None else argv)}`",
              "", "| run | step | CPU hours | validation Dice |", "|---|---:|---:|---:|"]
     for label, steps, dice, hours, estimated in runs:
         mark = "≈ " if estimated else ""

@@ -33,6 +33,22 @@ RESULTS = REPO / "evaluate" / "results" / "zoo_v2"
 SETS = {"t1pv": "1 mm T1 synthesis + partial volume", "t2likepv": "1 mm mirrored-T1 (T2-like) synthesis + partial volume"}
 BENCHMARKS = (("synthseg", "test_pairs.csv", "aseg30", "SynthSeg 10-12 test pairs"),
               ("hcp", "test_pairs_hcp.csv", "all", "HCP test pairs"))
+METHODS = {
+    "transmorph_micro.synth_brain": "v1.0.0 as shipped (the default model); likewise `vitvnet_micro.synth_brain`, "
+                                    "`voxelmorph2.synth_brain` (zoo v1: one recipe, `train/configs/zoo_v1.yaml`; "
+                                    "voxelmorph2 stopped at step 649 of 2000, the others ran 2000)",
+    "v2_lr1e-4_step150": "step 150 of the zoo v2 stage-1 run (`train/configs/zoo_v2.yaml`: random contrasts, "
+                         "lr 1e-4 → 1e-5), staged by `python evaluate/zoo_v2.py stage --run "
+                         "runs/zoo_v2/transmorph_micro_lr1e-4 --step 150 --name v2_lr1e-4_step150` (its step-205 "
+                         "state is in `train/releases/transmorph_micro.synth_brain/resume/`)",
+    "v1_cascade2, v1_cascade3": "v1.0.0's weights as a recursive cascade of 2 / 3 passes, no training "
+                                "(`transreg.models.cascade.RecursiveCascade.wrapping`)",
+    "plain_step400": "v1.0.0 trained 400 more steps on zoo v1's data, lr 1e-4 → 1e-5 (`train/configs/"
+                     "zoo_v2_cascade.yaml` with `model.cascade_passes=1`), staged from its final/",
+    "cascade2_step400": "v1.0.0 as a 2-pass recursive cascade trained end to end for the same 400 steps on the same "
+                        "data (`train/configs/zoo_v2_cascade.yaml`), staged from its final/",
+    "ants": "ANTs SyN after the affine stage (antspyx 0.6.3)",
+}
 MODALITY_V2 = "brain MR of any contrast, skull-stripped, 2 mm (trained on synthetic random-contrast and T1-like intensities)"
 
 
@@ -144,13 +160,13 @@ def table() -> None:
              "intensities drawn per subject, or mirrored for t2likepv), polynomial bias, Rician noise, then partial "
              "volume to 2 mm: a synthesis neither zoo v1 (T1 priors on the 2 mm grid) nor v2's training (random or "
              "T1-prior class intensities on the 2 mm grid) draws from. Full pipeline from native position. Seconds per "
-             "pair were measured on the shared 2-core CPU under heavy load (load average 12-16): compare them only "
-             "within a table, not with zoo v1's.", "",
-             "Methods: `transmorph_micro.synth_brain` is v1.0.0 as shipped; `v2_lr1e-4_step150` is step 150 of the zoo v2 "
-             "stage-1 run (`train/configs/zoo_v2.yaml` with lr 1e-4 → 1e-5, staged by `python evaluate/zoo_v2.py stage "
-             "--run runs/zoo_v2/transmorph_micro_lr1e-4 --step 150 --name v2_lr1e-4_step150`; not committed, the run's "
-             "step-205 state is in `train/releases/transmorph_micro.synth_brain/resume/`); `ants` is ANTs SyN after "
-             "the affine stage (antspyx 0.6.3).", ""]
+             "pair were measured on the shared 2-core CPU while training runs used it (load average 3-16): compare "
+             "them only roughly, and not with zoo v1's.", "",
+             "Methods:", "",
+             *(f"- `{name}`: {text}" for name, text in METHODS.items()), "",
+             "Tables with more than one network add their paired differences against the first network "
+             "(`paired_differences.csv` and `summary.md` in that folder: mean over pairs with a 95 % bootstrap "
+             "interval); learning curves of the cascade stage: `learning_curves.png` / `.md`.", ""]
     for test_set in SETS:
         for dataset, _, _, title in BENCHMARKS:
             folder = RESULTS / f"{test_set}_{dataset}"
