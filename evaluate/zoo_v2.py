@@ -9,6 +9,16 @@ its exact ``transreg compare`` command):
     python evaluate/zoo_v2.py instance-opt --model CKPT --steps 0 25 50 100
     python evaluate/zoo_v2.py table                                          # README.md from the summaries
 
+Releasing a run (the card's metrics come from these tables; zoo v1's test sets and t1pv):
+
+    python evaluate/zoo_v2.py release-stage --run-final runs/zoo_v2/cascade2/final \
+        --arch transmorph_micro_cascade --name transmorph_micro_cascade.synth_brain
+    python evaluate/zoo_v2.py release-tests --name transmorph_micro_cascade.synth_brain
+    python evaluate/zoo_v2.py compare --models transmorph_micro.synth_brain transmorph_micro_cascade-synth_brain \
+        --sets t1pv --no-baselines
+    python evaluate/zoo_v2.py release-package --name transmorph_micro_cascade.synth_brain \
+        --t1pv-folder transmorph_micro.synth_brain_transmorph_micro_cascade-synth_brain
+
 Test sets (``evaluate/synth_test.py``): ``t1pv`` — the test subjects' images re-made at
 1 mm with T1 prior intensities, partial volume, Rician noise, polynomial bias (no training
 draws from it); ``t2likepv`` — the same with the brain's T1 intensities mirrored (a
@@ -47,8 +57,23 @@ METHODS = {
                      "zoo_v2_cascade.yaml` with `model.cascade_passes=1`), staged from its final/",
     "cascade2_step400": "v1.0.0 as a 2-pass recursive cascade trained end to end for the same 400 steps on the same "
                         "data (`train/configs/zoo_v2_cascade.yaml`), staged from its final/",
+    "transmorph_micro_cascade-synth_brain": "cascade2_step400 as released: `transmorph_micro_cascade.synth_brain` "
+                                            "v1.0.0, float16 weights (`release-stage`; its zoo v1 test-set tables: "
+                                            "`release_transmorph_micro_cascade.synth_brain/`)",
     "ants": "ANTs SyN after the affine stage (antspyx 0.6.3)",
 }
+INTENDED_USE = (
+    "Deformable registration of two skull-stripped 3-D brain MR images (T1-like contrast) at 2 mm, after "
+    "transreg's affine pre-alignment (`transreg register` does both). Research and teaching; runs on a CPU. "
+    "Not a medical device."
+)
+LIMITATIONS = (
+    "Synthetic intensities on real anatomy: trained and tested on T1-like images synthesised from label maps "
+    "(SynthSeg and HCP subjects), not on scanner images. 2 mm isotropic voxels, skull-stripped brains after the "
+    "affine stage; other anatomies, modalities or pathologies are untested. A reduced-width network sized for CPU "
+    "training, applied twice. Check the folding percentage and the overlay of every result. Research use; not a "
+    "medical device."
+)
 MODALITY_V2 = "brain MR of any contrast, skull-stripped, 2 mm (trained on synthetic random-contrast and T1-like intensities)"
 
 
@@ -70,6 +95,101 @@ def stage(run: Path, name: str, out: Path, step: int | None = None) -> Path:
         shutil.copyfile(source / "README.md", folder / "README.md")
     log(f"staged {source} → {folder}")
     return folder
+
+
+V1_TESTS = (("synthseg", "test_pairs.csv", "aseg30", "SynthSeg 10-12 test pairs (2 mm, synthetic T1, aseg30 Dice)",
+             "synthseg-2mm-synthetic-t1", "test: all ordered pairs of 3 subjects"),
+            ("hcp", "test_pairs_hcp.csv", "all", "HCP test pairs (2 mm, synthetic T1, 5 labels)",
+             "hcp-labels-2mm-synthetic-t1", "test: all ordered pairs of 4 subjects"))
+T1PV_TESTS = (("synthseg", "SynthSeg 10-12 test pairs (1 mm T1 synthesis + partial volume to 2 mm, aseg30 Dice)",
+               "synthseg-t1pv", "test: all ordered pairs of 3 subjects"),
+              ("hcp", "HCP test pairs (1 mm T1 synthesis + partial volume to 2 mm, 5 labels)", "hcp-labels-t1pv",
+               "test: all ordered pairs of 4 subjects"))
+
+
+def staged_name(name: str) -> str:
+    """The staged folder of release ``name`` (``arch.tag`` would be read as a zoo name)."""
+    return name.replace(".", "-")
+
+
+def release_stage(run_final: Path, arch: str, name: str, out: Path) -> Path:
+    """``out/<staged_name(name)>/``: a run's final weights as architecture ``arch`` with the default
+    model's preprocessing record, stored in float16 (half the package space)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import transreg
+    from transreg.zoo.checkpoint import read_config, save_pretrained
+    from transreg.zoo.factory import checkpoint_folder
+
+    model = transreg.create_model(arch)
+    model.load_state_dict(load_file(str(run_final / "model.safetensors")), strict=True)
+    preprocessing = read_config(checkpoint_folder("transmorph_micro.synth_brain"))["preprocessing"]
+    folder = save_pretrained(model.eval(), out / staged_name(name), preprocessing=preprocessing,
+                             weights_dtype=torch.float16)
+    log(f"staged {run_final} as {arch} (float16 weights) → {folder}")
+    return folder
+
+
+def release_tests(name: str, cwd: Path) -> None:
+    """The zoo v1 test sets (the cards' datasets) for the staged checkpoint of ``name`` →
+    ``RESULTS/release_<name>/{synthseg,hcp}/``."""
+    for dataset, csv_name, labels, title, _, _ in V1_TESTS:
+        out = RESULTS / f"release_{name}" / dataset
+        cmd = [sys.executable, "-m", "transreg", "compare", "--models", "transmorph_micro.synth_brain", staged_name(name),
+               "--data", str(BENCH / csv_name), "-o", str(out), "--labels", labels, "--no-progress",
+               "--no-baselines", "--no-ants", "--title", f"{name} — {title}"]
+        log(" ".join(cmd))
+        subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def release_package(name: str, version: str, staged: Path, recipe: str, summary: str, t1pv_folder: str) -> None:
+    """The staged checkpoint with its card (metrics: the zoo v1 test sets of
+    :func:`release_tests` and the t1pv sets of ``t1pv_folder``) → the package
+    (``transreg/assets/zoo/name``), ``zoo_cards/name.md`` and an index entry."""
+    from transreg.zoo import cards
+    from transreg.zoo.checkpoint import count_parameters, read_config, sha256_file
+    from transreg.zoo.index import entry_record, load_index, write_index
+    from transreg.zoo.registry import PretrainedTag
+    from transreg.zoo.release import describe_folder
+
+    rows = []
+    for (dataset, *_rest, label, slug, split) in V1_TESTS:
+        rows.append((RESULTS / f"release_{name}" / dataset / "summary.csv", label, slug, split))
+    for dataset, label, slug, split in T1PV_TESTS:
+        rows.append((RESULTS / f"t1pv_{dataset}" / t1pv_folder / "summary.csv", label, slug, split))
+    evaluations = []
+    for path, label, slug, split in rows:
+        with path.open(newline="") as f:
+            row = next(r for r in csv.DictReader(f) if r["method"] == staged.name)
+        metrics = {"dice": float(row["dice_mean"]), "hd95": float(row["hd95_mean"]),
+                   "folding": float(row["folding_percent_mean"]), "sdlogj": float(row["sdlogj_mean"]),
+                   "dsc30": float(row["dsc30"])}
+        evaluations.append(cards.EvalResult(label, metrics, dataset_id=slug, split=split))
+    arch = name.split(".")[0]
+    hub_id = "transreg/" + name.replace("_", "-").replace(".", "-")
+    config = read_config(staged)
+    card = cards.card_from_config(
+        config, evaluations, name=name, num_parameters=count_parameters(staged), version=version, hf_hub_id=hub_id,
+        recipe=recipe, summary=summary, intended_use=INTENDED_USE, limitations=LIMITATIONS,
+        extra_sections={"Training": f"Recipe `{recipe}` (train/README.md, \"Zoo v2, cascade stage\"): "
+                                    "transmorph_micro.synth_brain v1.0.0 as a 2-pass recursive cascade, trained end "
+                                    "to end for 400 steps on zoo v1's data. Weights stored in float16.",
+                        "Changelog": f"- {version} ({time.strftime('%Y-%m-%d')}): first release."})
+    text = cards.render_card(card)
+    package = REPO / "transreg" / "assets" / "zoo" / name
+    package.mkdir(parents=True, exist_ok=True)
+    for fname in ("config.json", "model.safetensors"):
+        shutil.copyfile(staged / fname, package / fname)
+    (package / "README.md").write_text(text)
+    (REPO / "zoo_cards" / f"{name}.md").write_text(text)
+    index = load_index()
+    entry = PretrainedTag(arch=arch, tag=name.split(".", 1)[1], hf_hub_id=hub_id, version=version, revision=None,
+                          sha256=sha256_file(package / "model.safetensors"),
+                          local_path=f"assets/zoo/{name}", extra={**describe_folder(package), "recipe": recipe})
+    index.entries = [e for e in index.entries if e.versioned_name != entry.versioned_name] + [entry]
+    write_index(index)
+    log(f"packaged {name} {version}: {package}, zoo_cards/{name}.md, index entry ({entry_record(entry)['size']} bytes)")
 
 
 def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str], cwd: Path,
@@ -210,9 +330,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight", type=float, default=1.0, help="instance_opt_weight (diffusion regulariser)")
     p.add_argument("--table-only", action="store_true", help="the table from an existing (partial) instance_opt.csv")
     sub.add_parser("table")
+    p = sub.add_parser("release-stage", help="a run's final weights as a zoo architecture, float16")
+    p.add_argument("--run-final", type=Path, required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--name", required=True, help="ARCH.TAG of the release")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "zoo_v2" / "checkpoints")
+    p = sub.add_parser("release-tests", help="the zoo v1 test sets for a staged release")
+    p.add_argument("--name", required=True)
+    p.add_argument("--cwd", type=Path, default=REPO / "runs" / "zoo_v2" / "checkpoints")
+    p = sub.add_parser("release-package", help="card, package folder, zoo card and index entry")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default="v1.0.0")
+    p.add_argument("--staged", type=Path, default=None, help="default: runs/zoo_v2/checkpoints/<NAME with - for .>")
+    p.add_argument("--recipe", default="train/configs/zoo_v2_cascade.yaml")
+    p.add_argument("--summary", default="transmorph_micro applied twice (a recursive cascade with shared weights), "
+                                        "trained end to end on 2 mm brains with synthetic T1-like intensities.")
+    p.add_argument("--t1pv-folder", required=True, help="the t1pv compare folder holding the staged name's rows")
     args = parser.parse_args(argv)
     if args.command == "stage":
         stage(args.run, args.name, args.out, args.step)
+    elif args.command == "release-stage":
+        release_stage(args.run_final, args.arch, args.name, args.out)
+    elif args.command == "release-tests":
+        release_tests(args.name, args.cwd)
+    elif args.command == "release-package":
+        staged = args.staged or REPO / "runs" / "zoo_v2" / "checkpoints" / staged_name(args.name)
+        release_package(args.name, args.version, staged,
+                        args.recipe, args.summary, args.t1pv_folder)
     elif args.command == "compare":
         args.cwd.mkdir(parents=True, exist_ok=True)
         compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd, args.datasets)

@@ -95,3 +95,23 @@ def test_bad_cascades_are_named():
         RecursiveCascade.wrapping(inner, 2)
     with pytest.raises(TypeError, match="has no .architecture"):
         RecursiveCascade.wrapping(torch.nn.Conv3d(2, 3, 1), 2)
+
+
+def test_float16_weights_halve_the_file_and_load_into_float32(tmp_path):
+    """save_pretrained(weights_dtype=float16): half the bytes, a float32 model after loading,
+    flows within float16 rounding of the float32 checkpoint's."""
+    model = _scaled(transreg.create_model("recursive_cascade", passes=2, **TINY))
+    model.architecture = "recursive_cascade"
+    save_pretrained(model, tmp_path / "fp32")
+    save_pretrained(model, tmp_path / "fp16", weights_dtype=torch.float16)
+    full, half = (tmp_path / d / "model.safetensors" for d in ("fp32", "fp16"))
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    a = transreg.create_model(str(tmp_path / "fp32"), pretrained=True)
+    b = transreg.create_model(str(tmp_path / "fp16"), pretrained=True)
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+    moving, fixed = _pair(seed=3)
+    with torch.no_grad():
+        fa, fb = a(moving, fixed).flow, b(moving, fixed).flow
+    assert fa.abs().max() > 0.5 and 0 < (fa - fb).abs().max() < 0.02
+    with pytest.raises(ValueError, match="floating-point dtype"):
+        save_pretrained(model, tmp_path / "int", weights_dtype=torch.int8)

@@ -210,7 +210,8 @@ def test_release_then_register_by_version_offline_and_tampered(hub, zoo, tmp_pat
     where = {tuple(line.split()[:2]): line.split()[6] for line in capsys.readouterr().out.splitlines()[1:]
              if line.startswith(("transmorph_tiny.blobs", "transmorph_micro"))}
     assert where == {("transmorph_tiny.blobs", "v1.0.0"): "cache", ("transmorph_tiny.blobs", "v1.1.0"): "Hub",
-                     ("transmorph_micro.synth_brain", "v1.0.0"): "package"}
+                     ("transmorph_micro.synth_brain", "v1.0.0"): "package",
+                     ("transmorph_micro_cascade.synth_brain", "v1.0.0"): "package"}
 
     # offline, from the cache: no request at all
     hub.stop()

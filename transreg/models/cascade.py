@@ -83,3 +83,9 @@ class RecursiveCascade(RegistrationModel):
 def recursive_cascade(**kwargs: Any) -> RecursiveCascade:
     """Recursive cascade of ``base`` (default ``transmorph_micro``), ``passes`` (default 2) shared-weight passes."""
     return RecursiveCascade(**kwargs)
+
+
+@register_model
+def transmorph_micro_cascade(**kwargs: Any) -> RecursiveCascade:
+    """transmorph_micro applied twice (recursive cascade, shared weights; the zoo's cascade)."""
+    return RecursiveCascade(**{"base": "transmorph_micro", "passes": 2, **kwargs})

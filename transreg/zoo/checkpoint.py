@@ -189,6 +189,7 @@ def save_pretrained(
     out_dir: str | os.PathLike[str],
     preprocessing: Mapping[str, Any] | None = None,
     card: Any = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` as a checkpoint folder (``config.json``, ``model.safetensors``, ``README.md``).
 
@@ -199,6 +200,8 @@ def save_pretrained(
     them (rendered into the card's ``model-index`` and evaluation table), a
     :class:`~transreg.zoo.cards.ModelCard`, or the card's full Markdown text. Everything is
     rendered before the first write, and each file is written atomically.
+    ``weights_dtype`` (e.g. ``torch.float16``): store the floating-point tensors in that
+    dtype, half the file for float16 (loading casts them back to the model's dtype).
     Returns the folder.
     """
     from . import cards
@@ -208,6 +211,10 @@ def save_pretrained(
     card_text = cards.card_text_for(config, card, num_parameters=num_parameters)
     # safetensors refuses tensors that share memory: store independent contiguous copies
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if weights_dtype is not None:
+        if not weights_dtype.is_floating_point:
+            raise ValueError(f"weights_dtype must be a floating-point dtype, got {weights_dtype}")
+        tensors = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {"architecture": config["architecture"], "format_version": str(FORMAT_VERSION),
                 "transreg_version": config["transreg_version"], "num_parameters": str(num_parameters)}
     weights = safetensors_bytes(tensors, metadata)
