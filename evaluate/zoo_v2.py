@@ -151,7 +151,7 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
     from transreg.zoo.checkpoint import count_parameters, read_config, sha256_file
     from transreg.zoo.index import entry_record, load_index, write_index
     from transreg.zoo.registry import PretrainedTag
-    from transreg.zoo.release import describe_folder
+    from transreg.zoo.release import describe_folder, package_checkpoint
 
     rows = []
     for (dataset, *_rest, label, slug, split) in V1_TESTS:
@@ -176,13 +176,7 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
                                     "transmorph_micro.synth_brain v1.0.0 as a 2-pass recursive cascade, trained end "
                                     "to end for 400 steps on zoo v1's data. Weights stored in float16.",
                         "Changelog": f"- {version} ({time.strftime('%Y-%m-%d')}): first release."})
-    text = cards.render_card(card)
-    package = REPO / "transreg" / "assets" / "zoo" / name
-    package.mkdir(parents=True, exist_ok=True)
-    for fname in ("config.json", "model.safetensors"):
-        shutil.copyfile(staged / fname, package / fname)
-    (package / "README.md").write_text(text)
-    (REPO / "zoo_cards" / f"{name}.md").write_text(text)
+    package = package_checkpoint(staged, name, cards.render_card(card))
     index = load_index()
     entry = PretrainedTag(arch=arch, tag=name.split(".", 1)[1], hf_hub_id=hub_id, version=version, revision=None,
                           sha256=sha256_file(package / "model.safetensors"),

@@ -307,3 +307,18 @@ def test_release_refuses_cards_that_fail_hub_validation(zoo, tmp_path):
     card.write_text(card.read_text().replace("version: v1.1.0", "version: v1.2.0"))
     with pytest.raises(ReleaseError, match="the card says version 'v1.2.0', the index 'v1.1.0'"):
         plan_release(load_index(path), root)
+
+
+def test_package_checkpoint_ships_weights_config_and_one_card(tmp_path):
+    from transreg.zoo.release import package_checkpoint
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "config.json").write_text('{"architecture": "x"}')
+    (staged / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "src" / "zoo_cards").mkdir(parents=True)
+    target = package_checkpoint(staged, "x.tag", "# card\n", package_dir=tmp_path / "pkg", source_root=tmp_path / "src")
+    assert target == tmp_path / "pkg" / "assets" / "zoo" / "x.tag"
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert (target / "config.json").read_text() == '{"architecture": "x"}'
+    assert (target / "README.md").read_text() == (tmp_path / "src" / "zoo_cards" / "x.tag.md").read_text() == "# card\n"

@@ -95,6 +95,7 @@ def _training_text(run: Path) -> str:
 def package(run: Path, staged: Path, results_path: Path) -> None:
     from transreg.zoo.cards import card_from_config, render_card
     from transreg.zoo.checkpoint import count_parameters, read_config, sha256_file
+    from transreg.zoo.release import package_checkpoint
 
     results = json.loads(results_path.read_text())
     for key, entry in results["summary"].items():
@@ -124,13 +125,7 @@ def package(run: Path, staged: Path, results_path: Path) -> None:
                         "Affine modes compared": "Mean aseg30 Dice after the affine stage and median seconds per pair "
                         f"(`evaluate/affine_modes.py`, {results['threads']} threads, measured under load "
                         f"{results['load_average'][0]:.1f}):\n\n" + "\n".join(table)})
-    text = render_card(card)
-    target = REPO / "transreg" / "assets" / "zoo" / NAME
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(staged / name, target / name)
-    (target / "README.md").write_text(text)
-    (REPO / "zoo_cards" / f"{NAME}.md").write_text(text)
+    target = package_checkpoint(staged, NAME, render_card(card))
     print(f"    PretrainedTag(\n        arch=\"affine_micro\", tag=\"synth_brain\", hf_hub_id={HUB_ID!r},\n"
           f"        version={VERSION!r}, revision=None,\n        sha256={sha256_file(target / 'model.safetensors')!r},\n"
           f"        local_path=\"assets/zoo/{NAME}\",\n    ),")

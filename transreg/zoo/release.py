@@ -22,8 +22,8 @@ from .checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, count_parameters, 
 from .index import PACKAGE_DIR, SOURCE_ROOT, ZooIndex, write_index
 from .registry import PretrainedTag
 
-__all__ = ["ReleaseError", "ReleaseStep", "PACKAGE_DIR", "SOURCE_ROOT", "describe_folder", "plan_release",
-           "release"]
+__all__ = ["ReleaseError", "ReleaseStep", "PACKAGE_DIR", "SOURCE_ROOT", "describe_folder", "package_checkpoint",
+           "plan_release", "release"]
 
 RECIPE_NAME = "recipe.yaml"
 
@@ -52,6 +52,22 @@ class ReleaseStep:
         if self.recipe is not None:
             files.append(f"{RECIPE_NAME} (from {self.recipe})")
         return f"{e.versioned_name}: push to {e.hf_hub_id}, tag {e.version}: {', '.join(files)}"
+
+
+def package_checkpoint(staged: Path, name: str, card_text: str, package_dir: Path = PACKAGE_DIR,
+                       source_root: Path = SOURCE_ROOT) -> Path:
+    """Ship a staged checkpoint: its ``config.json`` and weights with ``card_text`` as
+    ``README.md`` into ``assets/zoo/<name>/`` of the package, and the card as
+    ``zoo_cards/<name>.md`` (the one text both hold) → the package folder."""
+    import shutil
+
+    target = package_dir / "assets" / "zoo" / name
+    target.mkdir(parents=True, exist_ok=True)
+    for fname in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copyfile(staged / fname, target / fname)
+    (target / CARD_NAME).write_text(card_text)
+    (source_root / "zoo_cards" / f"{name}.md").write_text(card_text)
+    return target
 
 
 def describe_folder(folder: Path) -> dict[str, Any]:
