@@ -97,14 +97,18 @@ def stage(run: Path, name: str, out: Path, step: int | None = None) -> Path:
     return folder
 
 
-V1_TESTS = (("synthseg", "test_pairs.csv", "aseg30", "SynthSeg 10-12 test pairs (2 mm, synthetic T1, aseg30 Dice)",
-             "synthseg-2mm-synthetic-t1", "test: all ordered pairs of 3 subjects"),
-            ("hcp", "test_pairs_hcp.csv", "all", "HCP test pairs (2 mm, synthetic T1, 5 labels)",
-             "hcp-labels-2mm-synthetic-t1", "test: all ordered pairs of 4 subjects"))
-T1PV_TESTS = (("synthseg", "SynthSeg 10-12 test pairs (1 mm T1 synthesis + partial volume to 2 mm, aseg30 Dice)",
-               "synthseg-t1pv", "test: all ordered pairs of 3 subjects"),
-              ("hcp", "HCP test pairs (1 mm T1 synthesis + partial volume to 2 mm, 5 labels)", "hcp-labels-t1pv",
-               "test: all ordered pairs of 4 subjects"))
+#: the cards' datasets (name, id, split) per BENCHMARKS dataset: zoo v1's test sets (the 2 mm
+#: images of evaluate/build_data.py, as in zoo v1's cards) and the t1pv sets of this page
+V1_CARD_DATASETS = {
+    "synthseg": ("SynthSeg 10-12 test pairs (2 mm, synthetic T1, aseg30 Dice)", "synthseg-2mm-synthetic-t1",
+                 "test: all ordered pairs of 3 subjects"),
+    "hcp": ("HCP test pairs (2 mm, synthetic T1, 5 labels)", "hcp-labels-2mm-synthetic-t1",
+            "test: all ordered pairs of 4 subjects")}
+T1PV_CARD_DATASETS = {
+    "synthseg": ("SynthSeg 10-12 test pairs (1 mm T1 synthesis + partial volume to 2 mm, aseg30 Dice)",
+                 "synthseg-t1pv", "test: all ordered pairs of 3 subjects"),
+    "hcp": ("HCP test pairs (1 mm T1 synthesis + partial volume to 2 mm, 5 labels)", "hcp-labels-t1pv",
+            "test: all ordered pairs of 4 subjects")}
 
 
 def staged_name(name: str) -> str:
@@ -134,7 +138,8 @@ def release_stage(run_final: Path, arch: str, name: str, out: Path) -> Path:
 def release_tests(name: str, cwd: Path) -> None:
     """The zoo v1 test sets (the cards' datasets) for the staged checkpoint of ``name`` →
     ``RESULTS/release_<name>/{synthseg,hcp}/``."""
-    for dataset, csv_name, labels, title, _, _ in V1_TESTS:
+    for dataset, csv_name, labels, _ in BENCHMARKS:
+        title = V1_CARD_DATASETS[dataset][0]
         out = RESULTS / f"release_{name}" / dataset
         cmd = [sys.executable, "-m", "transreg", "compare", "--models", "transmorph_micro.synth_brain", staged_name(name),
                "--data", str(BENCH / csv_name), "-o", str(out), "--labels", labels, "--no-progress",
@@ -153,11 +158,10 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
     from transreg.zoo.registry import PretrainedTag
     from transreg.zoo.release import describe_folder, package_checkpoint
 
-    rows = []
-    for (dataset, *_rest, label, slug, split) in V1_TESTS:
-        rows.append((RESULTS / f"release_{name}" / dataset / "summary.csv", label, slug, split))
-    for dataset, label, slug, split in T1PV_TESTS:
-        rows.append((RESULTS / f"t1pv_{dataset}" / t1pv_folder / "summary.csv", label, slug, split))
+    rows = [(RESULTS / f"release_{name}" / dataset / "summary.csv", *card)
+            for dataset, card in V1_CARD_DATASETS.items()]
+    rows += [(RESULTS / f"t1pv_{dataset}" / t1pv_folder / "summary.csv", *card)
+             for dataset, card in T1PV_CARD_DATASETS.items()]
     evaluations = []
     for path, label, slug, split in rows:
         with path.open(newline="") as f:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,11 +56,7 @@ class Transform:
     def apply(self, data: np.ndarray, labels: bool = False) -> np.ndarray:
         """Resample ``data`` (on the moving grid) onto the fixed grid: linear, or nearest
         neighbour for ``labels`` (dtype kept); zero outside the moving image."""
-        image = torch.as_tensor(np.ascontiguousarray(data), device=self.coords.device)[None, None]
-        if labels:
-            out = sample(image.to(torch.int64), self.coords, mode="nearest")
-            return out[0, 0].cpu().numpy().astype(data.dtype)
-        return sample(image.float(), self.coords)[0, 0].cpu().numpy()
+        return _resampled(data, self.coords.device, labels, lambda image, mode: sample(image, self.coords, mode))
 
 
 @dataclass
@@ -77,8 +73,15 @@ class AffineResampling:
     device: str = "cpu"
 
     def __call__(self) -> np.ndarray:
-        image = torch.as_tensor(np.ascontiguousarray(self.data), device=self.device)[None, None]
-        if self.labels:
-            out = sample_affine(image.to(torch.int64), self.matrix, self.shape, mode="nearest")
-            return out[0, 0].cpu().numpy().astype(self.data.dtype)
-        return sample_affine(image.float(), self.matrix, self.shape)[0, 0].cpu().numpy()
+        return _resampled(self.data, self.device, self.labels,
+                          lambda image, mode: sample_affine(image, self.matrix, self.shape, mode))
+
+
+def _resampled(data: np.ndarray, device: torch.device | str, labels: bool,
+               sample_at: Callable[[Tensor, str], Tensor]) -> np.ndarray:
+    """``data`` through ``sample_at(image (1, 1, *S), mode)``: nearest neighbour on int64
+    for ``labels`` (``data``'s dtype kept), else linear on float32 → the array."""
+    image = torch.as_tensor(np.ascontiguousarray(data), device=device)[None, None]
+    if labels:
+        return sample_at(image.to(torch.int64), "nearest")[0, 0].cpu().numpy().astype(data.dtype)
+    return sample_at(image.float(), "bilinear")[0, 0].cpu().numpy()

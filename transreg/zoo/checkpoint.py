@@ -206,14 +206,14 @@ def save_pretrained(
     """
     from . import cards
 
+    if weights_dtype is not None and not weights_dtype.is_floating_point:
+        raise ValueError(f"weights_dtype must be a floating-point dtype, got {weights_dtype}")
     config = build_config(model, preprocessing)
     num_parameters = sum(p.numel() for p in model.parameters())
     card_text = cards.card_text_for(config, card, num_parameters=num_parameters)
     # safetensors refuses tensors that share memory: store independent contiguous copies
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     if weights_dtype is not None:
-        if not weights_dtype.is_floating_point:
-            raise ValueError(f"weights_dtype must be a floating-point dtype, got {weights_dtype}")
         tensors = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {"architecture": config["architecture"], "format_version": str(FORMAT_VERSION),
                 "transreg_version": config["transreg_version"], "num_parameters": str(num_parameters)}
