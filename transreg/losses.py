@@ -46,6 +46,8 @@ __all__ = [
     "local_ncc_map",
     "mse",
     "mutual_information",
+    "mutual_information_of_weights",
+    "parzen_weights",
     "mind",
     "mind_ssc",
     "dice_loss",
@@ -238,10 +240,44 @@ class MSE(nn.Module):
 # --------------------------------------------------------------------------- MI
 
 
-def _parzen_weights(x: Tensor, centers: Tensor, sigma: float) -> Tensor:
-    """Normalised Gaussian bin weights ``(B, V, K)`` of intensities ``x`` ``(B, V)``."""
-    d2 = (x.unsqueeze(-1) - centers).pow(2)  # (B, V, K)
-    return torch.softmax(-d2 / (2.0 * sigma * sigma), dim=-1)  # stable even for tiny sigma
+def _check_histogram(bins: int, min_value: float, max_value: float, sigma_ratio: float) -> None:
+    if bins < 2 or not max_value > min_value or sigma_ratio <= 0:
+        raise ValueError(
+            f"need bins >= 2, max_value > min_value and sigma_ratio > 0, got bins={bins}, "
+            f"range=({min_value}, {max_value}), sigma_ratio={sigma_ratio}"
+        )
+
+
+def parzen_weights(
+    values: Tensor, bins: int = 32, min_value: float = 0.0, max_value: float = 1.0, sigma_ratio: float = 1.0
+) -> Tensor:
+    """Gaussian Parzen-window bin weights ``(B, V, bins)`` of intensities ``values`` ``(B, V)``.
+
+    Values are clamped to ``[min_value, max_value]``; ``bins`` centres span that range
+    evenly and the window's standard deviation is ``sigma_ratio × bin spacing``. Each
+    value's weights sum to one (float32). A fixed image's weights can be computed once and
+    reused across the steps of an optimisation (:func:`mutual_information_of_weights`).
+    """
+    _check_histogram(bins, min_value, max_value, sigma_ratio)
+    with _full_precision(values):
+        centers = torch.linspace(min_value, max_value, bins, device=values.device, dtype=torch.float32)
+        sigma = sigma_ratio * (max_value - min_value) / (bins - 1)
+        d2 = (values.float().clamp(min_value, max_value).unsqueeze(-1) - centers).pow(2)  # (B, V, K)
+        return torch.softmax(-d2 / (2.0 * sigma * sigma), dim=-1)  # stable even for tiny sigma
+
+
+def mutual_information_of_weights(weights_a: Tensor, weights_b: Tensor, eps: float = 1e-10) -> Tensor:
+    """Negative mutual information (nats, mean over the batch) of two images given their
+    :func:`parzen_weights` ``(B, V, K)`` at the same ``V`` points: the joint histogram is
+    the mean outer product of the weights, ``MI = Σ p_ab log(p_ab / (p_a p_b))``."""
+    if weights_a.shape[:2] != weights_b.shape[:2]:
+        raise ValueError(f"weights of the same points needed, got {tuple(weights_a.shape)} and {tuple(weights_b.shape)}")
+    with _full_precision(weights_a):
+        p_ab = weights_a.float().transpose(1, 2) @ weights_b.float() / weights_a.shape[1]  # (B, K, K)
+        p_a = p_ab.sum(dim=2, keepdim=True)
+        p_b = p_ab.sum(dim=1, keepdim=True)
+        mi = (p_ab * torch.log((p_ab + eps) / (p_a * p_b + eps))).sum(dim=(1, 2))
+        return -mi.mean()
 
 
 def mutual_information(
@@ -257,27 +293,16 @@ def mutual_information(
 
     ``a``, ``b``: ``(B, C, *spatial)``; all channels are pooled. Intensities are clamped
     to ``[min_value, max_value]``; ``bins`` bin centres span that range evenly and the
-    Gaussian window has standard deviation ``sigma_ratio × bin spacing``. Each voxel's
-    weights are normalised to sum to one, the joint histogram is their outer-product
-    mean, and ``MI = Σ p_ab log(p_ab / (p_a p_b))`` per batch element, averaged.
+    Gaussian window has standard deviation ``sigma_ratio × bin spacing``
+    (:func:`parzen_weights`). Each voxel's weights are normalised to sum to one, the joint
+    histogram is their outer-product mean, and ``MI = Σ p_ab log(p_ab / (p_a p_b))`` per
+    batch element, averaged (:func:`mutual_information_of_weights`).
     Memory: ``2 × voxels × bins`` floats per batch element.
     """
     _check_images(a, b)
-    if bins < 2 or not max_value > min_value or sigma_ratio <= 0:
-        raise ValueError(
-            f"need bins >= 2, max_value > min_value and sigma_ratio > 0, got bins={bins}, "
-            f"range=({min_value}, {max_value}), sigma_ratio={sigma_ratio}"
-        )
-    with _full_precision(a):
-        centers = torch.linspace(min_value, max_value, bins, device=a.device, dtype=torch.float32)
-        sigma = sigma_ratio * (max_value - min_value) / (bins - 1)
-        flat = [x.float().reshape(x.shape[0], -1).clamp(min_value, max_value) for x in (a, b)]
-        wa, wb = (_parzen_weights(x, centers, sigma) for x in flat)
-        p_ab = wa.transpose(1, 2) @ wb / wa.shape[1]  # (B, K, K)
-        p_a = p_ab.sum(dim=2, keepdim=True)
-        p_b = p_ab.sum(dim=1, keepdim=True)
-        mi = (p_ab * torch.log((p_ab + eps) / (p_a * p_b + eps))).sum(dim=(1, 2))
-        return -mi.mean()
+    _check_histogram(bins, min_value, max_value, sigma_ratio)
+    wa, wb = (parzen_weights(x.reshape(x.shape[0], -1), bins, min_value, max_value, sigma_ratio) for x in (a, b))
+    return mutual_information_of_weights(wa, wb, eps)
 
 
 class MutualInformation(nn.Module):

@@ -74,5 +74,5 @@ def run_affine_stage(mode: str, moving: Tensor, moving_grid: Grid, fixed: Tensor
     result = learned_affine(net, moving, moving_grid, fixed, fixed_grid)
     if mode == "learned":
         return result
-    return affine_align(moving, moving_grid, fixed, fixed_grid, similarity=similarity, init=result.matrix,
+    return affine_align(moving, moving_grid, fixed, fixed_grid, similarity=similarity, init=[result.matrix, "com"],
                         levels=REFINE_LEVELS, iterations=REFINE_ITERATIONS)
