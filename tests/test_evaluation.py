@@ -232,6 +232,9 @@ def test_paired_differences_match_pairs_and_skip_missing_values() -> None:
     assert (hd95.pairs, hd95.better, hd95.mean) == (3, 3, pytest.approx(-1.0))  # lower HD95 is better
     with pytest.raises(ValueError, match="reference method 'c'"):
         paired_differences(rows, "c")
+    from transreg.evaluation.report import _paired_table
+
+    assert "pairs resampled 500 times" in "\n".join(_paired_table(paired_differences(rows, "a", resamples=500)))
 
 
 def test_compare_bad_inputs_fail_before_work(pairs_csv: Path, tmp_path: Path, capsys) -> None:

@@ -32,6 +32,7 @@ class PairedDifference:
     high: float
     better: int
     confidence: float
+    resamples: int
 
 
 def bootstrap_mean_interval(values: Sequence[float], confidence: float = 0.95, resamples: int = 10_000,
@@ -74,7 +75,7 @@ def paired_differences(rows: Sequence[dict[str, Any]], reference: str, metrics: 
             low, high = bootstrap_mean_interval(diffs, confidence, resamples, seed)
             sign = -1.0 if metric.startswith("hd95") else 1.0
             out.append(PairedDifference(method, reference, metric, len(diffs), float(np.mean(diffs)), low, high,
-                                        int(sum(sign * d > 0 for d in diffs)), confidence))
+                                        int(sum(sign * d > 0 for d in diffs)), confidence, resamples))
     return out
 
 

@@ -80,8 +80,10 @@ def _paired_table(paired: Sequence[PairedDifference]) -> list[str]:
     if not paired:
         return []
     first = paired[0]
+    resamples = f"{first.resamples:,}".replace(",", " ")
     lines = [f"Paired differences against `{first.reference}` (method − reference on the same pairs; mean over "
-             f"pairs, {first.confidence:.0%} percentile bootstrap interval of the mean, pairs resampled 10 000 times; "
+             f"pairs, {first.confidence:.0%} percentile bootstrap interval of the mean, pairs resampled {resamples} "
+             "times; "
              "better = pairs where the method has the higher Dice / lower HD95):", "",
              "| method | pairs | Δ Dice | CI | better | Δ HD95 (mm) | CI | better |", "|---|---:|---:|---|---:|---:|---|---:|"]
     methods = list(dict.fromkeys(d.method for d in paired))

@@ -23,14 +23,21 @@ __all__ = ["RecursiveCascade"]
 class RecursiveCascade(RegistrationModel):
     """``passes`` applications of the registration network ``base`` (an architecture
     name built with ``base_args``; other keyword arguments, e.g. ``ndim``, go to it too,
-    so the cascade is built like any architecture); the output ``flow`` ``(B, ndim, *S)`` is the composed
+    so the cascade is built like any architecture; or a network built by
+    ``transreg.create_model``, shared as it is); the output ``flow`` ``(B, ndim, *S)`` is the composed
     displacement in voxels, ``velocity`` is None (a diffeomorphic base stays
     diffeomorphic: a composition of diffeomorphisms is one)."""
 
-    def __init__(self, base: str = "transmorph_micro", base_args: Mapping[str, Any] | None = None, passes: int = 2,
-                 **base_overrides: Any):
+    def __init__(self, base: str | RegistrationModel = "transmorph_micro", base_args: Mapping[str, Any] | None = None,
+                 passes: int = 2, **base_overrides: Any):
         super().__init__()
-        network = model_entrypoint(base)(**{**dict(base_args or {}), **base_overrides})
+        if isinstance(base, str):
+            network = model_entrypoint(base)(**{**dict(base_args or {}), **base_overrides})
+        else:  # an existing network, its weights shared, not copied
+            network, base = base, getattr(base, "architecture", None)
+            if not isinstance(base, str) or not isinstance(getattr(network, "init_args", None), Mapping):
+                raise TypeError(f"cannot cascade {type(network).__name__}: it has no .architecture/.init_args "
+                                "(build it with transreg.create_model)")
         self._adopt(base, network, passes)
 
     @classmethod
@@ -38,13 +45,7 @@ class RecursiveCascade(RegistrationModel):
         """A cascade around an existing (e.g. pretrained) ``network``, its weights shared,
         not copied; the network must carry ``.architecture`` and ``.init_args`` (models
         made by ``transreg.create_model`` do)."""
-        architecture = getattr(network, "architecture", None)
-        if not isinstance(architecture, str) or not isinstance(getattr(network, "init_args", None), Mapping):
-            raise TypeError(f"cannot cascade {type(network).__name__}: it has no .architecture/.init_args "
-                            "(build it with transreg.create_model)")
-        cascade = cls.__new__(cls)
-        RegistrationModel.__init__(cascade)
-        cascade._adopt(architecture, network, passes)
+        cascade = cls(network, passes=passes)
         cascade.architecture = "recursive_cascade"
         return cascade
 
