@@ -60,6 +60,12 @@ METHODS = {
     "transmorph_micro_cascade-synth_brain": "cascade2_step400 as released: `transmorph_micro_cascade.synth_brain` "
                                             "v1.0.0, float16 weights (`release-stage`; its zoo v1 test-set tables: "
                                             "`release_transmorph_micro_cascade.synth_brain/`)",
+    "transmorph_diff_micro_step2000": "TransMorph-diff at the micro widths (velocity at half resolution, scaling and "
+                                      "squaring) trained from scratch on zoo v1's recipe and budget (`python "
+                                      "train/zoo_v1.py prepare train --archs transmorph_diff_micro`, 2000 steps), "
+                                      "staged by `python evaluate/zoo_v2.py stage --run runs/zoo_v1/"
+                                      "transmorph_diff_micro --name transmorph_diff_micro_step2000`: the fourth "
+                                      "family of the backbone table",
     "ants": "ANTs SyN after the affine stage (antspyx 0.6.3)",
 }
 INTENDED_USE = (

@@ -2,8 +2,9 @@
 
 Initialisation from intensity moments (centre of mass; optionally principal axes), then
 a multi-resolution intensity-based optimisation (NCC or mutual information) with Adam in
-torch; mutual information compares at most :data:`MI_POINTS` voxels per level. The transform is a world map ``q = M p`` from a fixed-image point ``p`` (RAS mm)
-to the moving-image point ``q``, parametrised about the fixed centre of mass ``c`` as
+torch; mutual information compares at most :data:`MI_POINTS` voxels per level. The
+transform is a world map ``q = M p`` from a fixed-image point ``p`` (RAS mm) to the
+moving-image point ``q``, parametrised about the fixed centre of mass ``c`` as
 ``M = M₀ · [L, c − L c + t]`` with ``L = exp(K) · diag(exp(s)) · (I + U)`` (rotation
 ``K`` skew-symmetric, log-scales ``s``, shears ``U`` strictly upper triangular,
 translation ``t`` in mm) and ``M₀`` the initialisation.
@@ -155,7 +156,7 @@ class _LevelLoss:
         self.moving, self.shape = moving, fixed_grid.shape
         self.to_moving = torch.as_tensor(np.linalg.inv(moving_grid.affine), device=device)
         if similarity == "ncc":
-            self.target, self.fixed_weights = fixed, None
+            self.target = fixed
             self.compare = NCC(window=9)
         elif similarity == "mi":
             count = voxels.shape[1]
@@ -163,9 +164,9 @@ class _LevelLoss:
                 chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_points].to(device)
                 voxels = voxels[:, chosen]
             self.shape = (voxels.shape[1],) + (1,) * (fixed_grid.ndim - 1)
-            self.fixed_weights = parzen_weights(sample(fixed, voxels.reshape(-1, *self.shape)).reshape(1, -1))
-            self.compare = lambda warped, _: mutual_information_of_weights(
-                parzen_weights(warped.reshape(1, -1)), self.fixed_weights)
+            fixed_weights = parzen_weights(sample(fixed, voxels.reshape(-1, *self.shape)).reshape(1, -1))
+            self.compare = lambda warped, _: mutual_information_of_weights(parzen_weights(warped.reshape(1, -1)),
+                                                                           fixed_weights)
             self.target = None
         else:
             raise ValueError(f"unknown affine similarity {similarity!r}; use ncc or mi")
@@ -219,14 +220,14 @@ def affine_align(
 
     ``levels``: pooling factors, coarse to fine, with ``iterations`` Adam steps each
     (cosine-decayed); default ``(4, 2)`` × ``(100, 50)`` in 3-D (the full resolution adds
-    time, not accuracy, for an affine map) and ``(4, 2, 1)`` × ``(100, 50, 50)`` in 2-D. ``lr`` is the first step for rotation (rad), log-scale and shear at
-    the coarsest level, ``lr × 100`` mm for translation; finer levels scale it by
-    ``factor / levels[0]``. ``init``: a start of :func:`initial_transform`, or several:
+    time, not accuracy, for an affine map) and ``(4, 2, 1)`` × ``(100, 50, 50)`` in 2-D.
+    ``lr`` is the first step for rotation (rad), log-scale and shear at the coarsest level,
+    ``lr × 100`` mm for translation; finer levels scale it by ``factor / levels[0]``. ``init``: a start of :func:`initial_transform`, or several:
     each is optimised through the first level and the one of lowest loss continues (e.g.
-    ``[learned_matrix, "com"]``: a wrong network estimate cannot trap the optimiser when
-    the centre-of-mass start fits better). ``max_points``: the most voxels per level that mutual
-    information samples (:class:`_LevelLoss`). Returns the world map fixed → moving (see
-    module docstring).
+    ``[learned_matrix, "com"]``: a wrong network estimate is dropped when the
+    centre-of-mass start fits better). ``max_points``: the most voxels per level that
+    mutual information samples (:class:`_LevelLoss`). Returns the world map fixed → moving
+    (see module docstring).
     """
     levels, iterations = _schedule(fixed_grid.ndim, levels, iterations)
     if len(levels) != len(iterations):
