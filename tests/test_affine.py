@@ -8,7 +8,14 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from transreg.losses import mutual_information
-from transreg.registration.affine import _LevelLoss, affine_align, center_of_mass, initial_transform
+from transreg.registration.affine import (
+    _AffineParameters,
+    _LevelLoss,
+    _optimise_level,
+    affine_align,
+    center_of_mass,
+    initial_transform,
+)
 from transreg.registration.preprocess import sample
 from transreg.registration.preprocess import Grid
 
@@ -160,3 +167,28 @@ def test_several_starts_keep_the_one_that_fits_best():
     assert error(affine_align(moving, grid, fixed, grid, similarity="mi", init=[wrong, "com"]).matrix) < 1.0
     with pytest.raises(ValueError, match="at least one"):
         affine_align(moving, grid, fixed, grid, init=[])
+
+
+def test_a_level_stops_once_its_loss_settles():
+    """With a tolerance, the optimiser stops after ``patience`` steps without that much
+    improvement; without one it runs every step (counted on a quadratic loss)."""
+    target = torch.eye(4, dtype=torch.float64)
+    target[:3, 3] = torch.tensor([3.0, -2.0, 1.0])
+    calls = []
+
+    def loss_of(matrix):
+        calls.append(1)
+        return ((matrix - target) ** 2).sum()
+
+    def run(tolerance):
+        calls.clear()
+        params = _AffineParameters(3, np.eye(4), np.zeros(3), torch.device("cpu"))
+        final = _optimise_level(params, loss_of, 200, 0.01, tolerance=tolerance, patience=10)
+        return len(calls) - 1, final  # the last call measures the end
+
+    steps_all, loss_all = run(0.0)
+    steps_settled, loss_settled = run(1e-3)
+    assert steps_all == 200 and loss_all < 1e-3
+    assert 10 < steps_settled < 200 and loss_settled < 0.05  # stopped where the loss had settled
+    steps_never_improving, _ = run(1e9)
+    assert steps_never_improving == 11  # the first check: patience steps + 1
