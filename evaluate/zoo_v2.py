@@ -77,7 +77,7 @@ LIMITATIONS = (
     "Synthetic intensities on real anatomy: trained and tested on T1-like images synthesised from label maps "
     "(SynthSeg and HCP subjects), not on scanner images. 2 mm isotropic voxels, skull-stripped brains after the "
     "affine stage; other anatomies, modalities or pathologies are untested. A reduced-width network sized for CPU "
-    "training, applied twice. Check the folding percentage and the overlay of every result. Research use; not a "
+    "training. Check the folding percentage and the overlay of every result. Research use; not a "
     "medical device."
 )
 MODALITY_V2 = "brain MR of any contrast, skull-stripped, 2 mm (trained on synthetic random-contrast and T1-like intensities)"
@@ -154,10 +154,13 @@ def release_tests(name: str, cwd: Path) -> None:
         subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def release_package(name: str, version: str, staged: Path, recipe: str, summary: str, t1pv_folder: str) -> None:
+def release_package(name: str, version: str, staged: Path, recipe: str, summary: str, t1pv_folder: str,
+                    training: str, shipped: bool = True) -> None:
     """The staged checkpoint with its card (metrics: the zoo v1 test sets of
-    :func:`release_tests` and the t1pv sets of ``t1pv_folder``) → the package
-    (``transreg/assets/zoo/name``), ``zoo_cards/name.md`` and an index entry."""
+    :func:`release_tests` and the t1pv sets of ``t1pv_folder``; ``training``: the card's
+    Training section) → the package (``transreg/assets/zoo/name``), or with ``shipped=False``
+    the release folder ``train/releases/name/version`` (loadable from the Hub once
+    ``transreg release`` has pushed it), ``zoo_cards/name.md`` and an index entry."""
     from transreg.zoo import cards
     from transreg.zoo.checkpoint import count_parameters, read_config, sha256_file
     from transreg.zoo.index import entry_record, load_index, write_index
@@ -182,15 +185,16 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
     card = cards.card_from_config(
         config, evaluations, name=name, num_parameters=count_parameters(staged), version=version, hf_hub_id=hub_id,
         recipe=recipe, summary=summary, intended_use=INTENDED_USE, limitations=LIMITATIONS,
-        extra_sections={"Training": f"Recipe `{recipe}` (train/README.md, \"Zoo v2, cascade stage\"): "
-                                    "transmorph_micro.synth_brain v1.0.0 as a 2-pass recursive cascade, trained end "
-                                    "to end for 400 steps on zoo v1's data. Weights stored in float16.",
+        extra_sections={"Training": training,
                         "Changelog": f"- {version} ({time.strftime('%Y-%m-%d')}): first release."})
-    package = package_checkpoint(staged, name, cards.render_card(card))
+    folder = None if shipped else REPO / "train" / "releases" / name / version
+    package = package_checkpoint(staged, name, cards.render_card(card), folder=folder)
     index = load_index()
+    where = {"local_path": f"assets/zoo/{name}"} if shipped else {}
+    extra = {**describe_folder(package), "recipe": recipe,
+             **({} if shipped else {"folder": package.relative_to(REPO).as_posix()})}
     entry = PretrainedTag(arch=arch, tag=name.split(".", 1)[1], hf_hub_id=hub_id, version=version, revision=None,
-                          sha256=sha256_file(package / "model.safetensors"),
-                          local_path=f"assets/zoo/{name}", extra={**describe_folder(package), "recipe": recipe})
+                          sha256=sha256_file(package / "model.safetensors"), extra=extra, **where)
     index.entries = [e for e in index.entries if e.versioned_name != entry.versioned_name] + [entry]
     write_index(index)
     log(f"packaged {name} {version}: {package}, zoo_cards/{name}.md, index entry ({entry_record(entry)['size']} bytes)")
@@ -350,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", default="transmorph_micro applied twice (a recursive cascade with shared weights), "
                                         "trained end to end on 2 mm brains with synthetic T1-like intensities.")
     p.add_argument("--t1pv-folder", required=True, help="the t1pv compare folder holding the staged name's rows")
+    p.add_argument("--training", default="Recipe `train/configs/zoo_v2_cascade.yaml` (train/README.md, \"Zoo v2, "
+                                         "cascade stage\"): transmorph_micro.synth_brain v1.0.0 as a 2-pass recursive "
+                                         "cascade, trained end to end for 400 steps on zoo v1's data. Weights stored "
+                                         "in float16.", help="the card's Training section")
+    p.add_argument("--folder", action="store_true",
+                   help="store in train/releases/NAME/VERSION (an index \"folder\", pushed by transreg release) "
+                        "instead of the package")
     args = parser.parse_args(argv)
     if args.command == "stage":
         stage(args.run, args.name, args.out, args.step)
@@ -359,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         release_tests(args.name, args.cwd)
     elif args.command == "release-package":
         staged = args.staged or REPO / "runs" / "zoo_v2" / "checkpoints" / staged_name(args.name)
-        release_package(args.name, args.version, staged,
-                        args.recipe, args.summary, args.t1pv_folder)
+        release_package(args.name, args.version, staged, args.recipe, args.summary, args.t1pv_folder, args.training,
+                        shipped=not args.folder)
     elif args.command == "compare":
         args.cwd.mkdir(parents=True, exist_ok=True)
         compare(args.models, args.sets, not args.no_baselines, args.extra, args.cwd, args.datasets)

@@ -322,3 +322,8 @@ def test_package_checkpoint_ships_weights_config_and_one_card(tmp_path):
     assert (target / "model.safetensors").read_bytes() == b"weights"
     assert (target / "config.json").read_text() == '{"architecture": "x"}'
     assert (target / "README.md").read_text() == (tmp_path / "src" / "zoo_cards" / "x.tag.md").read_text() == "# card\n"
+    unshipped = package_checkpoint(staged, "x.tag", "# card 2\n", package_dir=tmp_path / "pkg",
+                                   source_root=tmp_path / "src", folder=tmp_path / "src" / "releases" / "v2")
+    assert unshipped == tmp_path / "src" / "releases" / "v2"
+    assert (unshipped / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "src" / "zoo_cards" / "x.tag.md").read_text() == "# card 2\n"

@@ -55,13 +55,14 @@ class ReleaseStep:
 
 
 def package_checkpoint(staged: Path, name: str, card_text: str, package_dir: Path = PACKAGE_DIR,
-                       source_root: Path = SOURCE_ROOT) -> Path:
+                       source_root: Path = SOURCE_ROOT, folder: Path | None = None) -> Path:
     """Ship a staged checkpoint: its ``config.json`` and weights with ``card_text`` as
-    ``README.md`` into ``assets/zoo/<name>/`` of the package, and the card as
-    ``zoo_cards/<name>.md`` (the one text both hold) → the package folder."""
+    ``README.md`` into ``assets/zoo/<name>/`` of the package, or into ``folder`` (a release
+    folder of the source tree, for a version too large to ship: the index's ``"folder"``),
+    and the card as ``zoo_cards/<name>.md`` (the one text both hold) → the folder written."""
     import shutil
 
-    target = package_dir / "assets" / "zoo" / name
+    target = folder if folder is not None else package_dir / "assets" / "zoo" / name
     target.mkdir(parents=True, exist_ok=True)
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copyfile(staged / fname, target / fname)
