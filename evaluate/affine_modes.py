@@ -4,11 +4,12 @@ Pairs: every ordered pair of the SynthSeg test subjects 10-12 (6 pairs), in nati
 position at 2 mm with T1-like synthetic intensities (as ``evaluate/build_data.py`` makes
 them, fixed seed per subject), in two variants: whole heads (every label, extra-cerebral
 tissue included) and skull-stripped brains (aseg labels < 100). Each pair is run as given
-("native") and with the moving image rotated by 30° about a random axis through its
-centre (its header moved: the voxels are untouched; one seeded axis per pair).
+("native") and with the moving image rotated by 30° (``--rotations``: any angles) about a
+random axis through its centre (its header moved: the voxels are untouched; one seeded
+axis per pair).
 ``--pairs-csv`` adds the pairs of a pairs CSV as a third variant, ``csv`` (for example
 ``data/bench_2mm/test_pairs.csv``: zoo v1's SynthSeg test pairs as ``evaluate/build_data.py``
-makes them, where the learned stage once failed).
+makes them, where the learned stage alone fails on SynthSeg 11).
 
 For each mode (none, classic, learned, learned+classic) `transreg.register(...,
 affine=MODE, affine_only=True)` runs on the pair; Dice is the mean over the 30 aseg
@@ -18,6 +19,8 @@ A pair *fails* when its Dice after the affine stage is below the unregistered Di
 native pair (moving labels resampled onto the fixed grid by the identity world map).
 
     OMP_NUM_THREADS=2 python evaluate/affine_modes.py [--affine-model runs/affine_micro/staged]
+    OMP_NUM_THREADS=1 python evaluate/affine_modes.py --rotations 0 30 60 --pairs-csv data/bench_2mm/test_pairs.csv \
+        --out evaluate/results/affine_v2
 """
 from __future__ import annotations
 
