@@ -44,8 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-labels", type=Path, help="fixed label map: Dice per label in report.json")
     p.add_argument("--affine", choices=AFFINE_MODES, default=None,
                    help=f"affine pre-alignment: a trained affine network (learned), the intensity-based "
-                        f"optimiser (classic), the network refined by a few optimiser steps (learned+classic) "
-                        f"or none (default: {DEFAULT_AFFINE_MODE})")
+                        f"optimiser (classic), the optimiser started from both the network's estimate and the "
+                        f"centres of mass (learned+classic: slower, robust to scans turned far from the "
+                        f"standard position) or none (default: {DEFAULT_AFFINE_MODE})")
     p.add_argument("--affine-model", default=None, metavar="NAME",
                    help="affine network of the learned modes (default: the one the deformable checkpoint "
                         "names, else the zoo's affine checkpoint)")
