@@ -62,10 +62,11 @@ METHODS = {
                                             "`release_transmorph_micro_cascade.synth_brain/`)",
     "transmorph_diff_micro_step2000": "TransMorph-diff at the micro widths (velocity at half resolution, scaling and "
                                       "squaring) trained from scratch on zoo v1's recipe and budget (`python "
-                                      "train/zoo_v1.py prepare train --archs transmorph_diff_micro`, 2000 steps), "
-                                      "staged by `python evaluate/zoo_v2.py stage --run runs/zoo_v1/"
-                                      "transmorph_diff_micro --name transmorph_diff_micro_step2000`: the fourth "
-                                      "family of the backbone table",
+                                      "train/zoo_v1.py prepare train --archs transmorph_diff_micro`, 2000 steps, 2.0 h "
+                                      "at 2 threads): the fourth family of the backbone table. Its final weights and "
+                                      "logs are committed in `train/releases/transmorph_diff_micro.synth_brain/stage1/` "
+                                      "(copy that folder to `runs/zoo_v2/checkpoints/transmorph_diff_micro_step2000/` "
+                                      "to rerun the table; `stage --run RUN` does it from a run's final/)",
     "ants": "ANTs SyN after the affine stage (antspyx 0.6.3)",
 }
 INTENDED_USE = (
