@@ -300,7 +300,6 @@ def mutual_information(
     Memory: ``2 × voxels × bins`` floats per batch element.
     """
     _check_images(a, b)
-    _check_histogram(bins, min_value, max_value, sigma_ratio)
     wa, wb = (parzen_weights(x.reshape(x.shape[0], -1), bins, min_value, max_value, sigma_ratio) for x in (a, b))
     return mutual_information_of_weights(wa, wb, eps)
 

@@ -160,26 +160,25 @@ class _LevelLoss:
         voxels = voxel_grid(fixed_grid.shape, torch.float64, device).reshape(fixed_grid.ndim, -1)
         self.moving, self.shape = moving, fixed_grid.shape
         self.to_moving = torch.as_tensor(np.linalg.inv(moving_grid.affine), device=device)
+        self.compare: Callable[[Tensor], Tensor]
         if similarity == "ncc":
-            self.target = fixed
-            self.compare = NCC(window=9)
+            ncc = NCC(window=9)
+            self.compare = lambda warped: ncc(warped, fixed)
         elif similarity == "mi":
-            count = voxels.shape[1]
-            if count > max_points:
-                chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_points].to(device)
-                voxels = voxels[:, chosen]
+            if voxels.shape[1] > max_points:
+                chosen = torch.randperm(voxels.shape[1], generator=torch.Generator().manual_seed(seed))[:max_points]
+                voxels = voxels[:, chosen.to(device)]
             self.shape = (voxels.shape[1],) + (1,) * (fixed_grid.ndim - 1)
             fixed_weights = parzen_weights(sample(fixed, voxels.reshape(-1, *self.shape)).reshape(1, -1))
-            self.compare = lambda warped, _: mutual_information_of_weights(parzen_weights(warped.reshape(1, -1)),
-                                                                           fixed_weights)
-            self.target = None
+            self.compare = lambda warped: mutual_information_of_weights(parzen_weights(warped.reshape(1, -1)),
+                                                                        fixed_weights)
         else:
             raise ValueError(f"unknown affine similarity {similarity!r}; use ncc or mi")
         self.world = torch.as_tensor(fixed_grid.affine, device=device) @ torch.cat([voxels, torch.ones_like(voxels[:1])])
 
     def __call__(self, matrix: Tensor) -> Tensor:
         coords = (self.to_moving @ matrix @ self.world)[:-1].reshape(-1, *self.shape).float()
-        return self.compare(sample(self.moving, coords), self.target)
+        return self.compare(sample(self.moving, coords))
 
 
 def _schedule(ndim: int, levels: Sequence[int] | None, iterations: Sequence[int] | None
@@ -247,8 +246,6 @@ def affine_align(
     levels, iterations = _schedule(fixed_grid.ndim, levels, iterations)
     if len(levels) != len(iterations):
         raise ValueError(f"levels {tuple(levels)} and iterations {tuple(iterations)} differ in length")
-    if similarity not in ("ncc", "mi"):
-        raise ValueError(f"unknown affine similarity {similarity!r}; use ncc or mi")
     pyramid = [_LevelLoss(_pool(fixed, factor), fixed_grid.pooled(factor), _pool(moving, factor),
                           moving_grid.pooled(factor), similarity, max_points) for factor in levels]
 
