@@ -244,8 +244,9 @@ def align_all(chosen: list[Source], out: Path, spacing: float, size: tuple[int, 
         else:
             moving = load_image(out / "native" / src.name / "image.nii.gz")
             moving_labels = load_image(out / "native" / src.name / "labels.nii.gz", labels=True)
-            # the classical optimiser: learned+classic (the register default) misaligns
-            # synthseg_09 (whole head: aseg Dice to the reference 0.22 against 0.39 classic)
+            # the classical optimiser (register's default): learned+classic with its former
+            # 30 + 20-step refinement misaligned synthseg_09 (aseg Dice to the reference 0.22
+            # against 0.39 classic)
             result = register(moving, fixed, affine_only=True, affine="classic", moving_labels=moving_labels,
                               device=device)
             image, labels = result.warped.data, result.warped_labels.data
