@@ -209,5 +209,5 @@ def test_t1_pairs_use_the_t1_classes_and_priors(data):
     cfg = DataConfig(train=f"synthbrain:{data / 'train.csv'}?p_t1=0.25&max_velocity=1", size=list(SHAPE))
     train, _ = build_datasets(cfg)
     assert train.settings.p_t1 == 0.25 and train.settings.max_velocity == 1.0
-    with pytest.raises(DataError, match="unknown synthesis option 'bogus'"):
+    with pytest.raises(DataError, match="unknown option 'bogus'"):
         build_datasets(DataConfig(train=f"synthbrain:{data / 'train.csv'}?bogus=1", size=list(SHAPE)))

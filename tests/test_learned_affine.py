@@ -126,6 +126,54 @@ def test_affine_pairs_move_the_head_by_up_to_the_ranges(label_maps: str) -> None
         assert np.all(np.abs(com - 11.5) < 2.0)  # voxels of 4 mm
 
 
+def test_field_of_view_boxes_keep_the_brain_and_centre_the_intensity(tmp_path) -> None:
+    """With ``field_of_view=1`` every image is zero outside one axis-aligned box that holds
+    every brain voxel, and without jitter the image's centre of mass (scipy) lies at its
+    grid's centre, as the learned stage centres its inputs. Heads with 20 mm of scalp leave
+    the box room to cut tissue."""
+    import nibabel as nib
+
+    x, y, z = np.meshgrid(*[np.arange(80)] * 3, indexing="ij")
+    for i, radius in enumerate((14, 13, 15)):
+        r = np.sqrt((x - 40) ** 2 + ((y - 40) * 1.2) ** 2 + (z - 38) ** 2)
+        labels = np.where(r < radius + 20, 258, 0)
+        labels[r < radius] = 3
+        labels[(r < radius - 5) & (x < 40)] = 2
+        labels[(r < radius - 5) & (x >= 40)] = 41
+        nib.save(nib.Nifti1Image(labels.astype(np.int16), np.eye(4)), str(tmp_path / f"seg_{i}.nii.gz"))
+    data = AffineLabelPairs(str(tmp_path / "seg_*.nii.gz"), (24, 24, 24), 4.0, jitter=0.0, field_of_view=1.0)
+    cut_sides = 0
+    for k in range(6):
+        for role in ("moving", "fixed"):
+            image, labels = data[k][role][0].numpy(), data[k][f"{role}_labels"][0].numpy()
+            lit = np.argwhere(image > 0)
+            low, high = lit.min(0), lit.max(0) + 1
+            box = np.zeros(image.shape, dtype=bool)
+            box[tuple(slice(a, b) for a, b in zip(low, high))] = True
+            assert not image[~box].any()
+            assert (image[box] > 0).mean() > 0.99  # the box is lit throughout (one voxel may be the minimum)
+            brain = (labels > 0) & (labels < 12)
+            assert brain.any() and box[brain].all()
+            cut_sides += int(((labels > 0) & ~box).any())
+            centre = np.asarray(ndimage.center_of_mass(image))
+            assert np.all(np.abs(centre - 11.5) < 1.5), centre
+    assert cut_sides  # some heads lose tissue outside the brain to their box
+
+
+def test_field_of_view_option_reaches_the_pairs_and_is_checked(label_maps: str) -> None:
+    from transreg.data import build_source
+    from transreg.data.synthetic import DataError
+    from transreg.training.config import DataConfig
+
+    cfg = DataConfig(size=[24, 24, 24], spacing=[4.0, 4.0, 4.0])
+    data, _ = build_source(f"synthetic:affine:{label_maps}?field_of_view=0.25&jitter=2", cfg, seed=0, augment=False)
+    assert (data.field_of_view, data.jitter) == (0.25, 2.0)
+    with pytest.raises(DataError, match="unknown option 'fov'"):
+        build_source(f"synthetic:affine:{label_maps}?fov=1", cfg, seed=0, augment=False)
+    with pytest.raises(DataError, match="field_of_view is a probability"):
+        build_source(f"synthetic:affine:{label_maps}?field_of_view=2", cfg, seed=0, augment=False)
+
+
 class _FixedVoxelMap(torch.nn.Module):
     """A stand-in affine network that always predicts the same voxel matrix."""
 

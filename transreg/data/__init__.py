@@ -4,9 +4,10 @@ Data spec strings (``data.train`` / ``data.val`` in a recipe, ``--data`` on the 
 
 - ``synthetic:shapes`` — random shapes with random contrasts, no data needed;
 - ``synthetic:labels:DIR`` — SynthMorph synthesis from the label maps in ``DIR``;
-- ``synthetic:affine:GLOB`` — label maps under large random affines on ``data.spacing`` mm
-  grids, for the learned affine stage (:mod:`transreg.data.affine_pairs`; ranges
-  ``affine_degrees``, ``affine_scale``, ``affine_shift`` in voxels of that grid);
+- ``synthetic:affine:GLOB[?key=value&...]`` — label maps under large random affines on
+  ``data.spacing`` mm grids, for the learned affine stage (:mod:`transreg.data.affine_pairs`;
+  ranges ``affine_degrees``, ``affine_scale``, ``affine_shift`` in voxels of that grid;
+  options ``field_of_view`` (share of images inside a scanner box) and ``jitter`` (mm));
 - ``synthbrain:CSV[?key=value&...]`` / ``synthbrain-t1mean:CSV`` — contrast-agnostic brain
   pairs drawn on the fly from the (aligned) label maps listed in ``CSV`` (options: the
   numbers of :class:`~transreg.data.brain_synth.SynthSettings`, e.g. ``?p_t1=0.5``), and
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 VAL_SEED_OFFSET = 1_000_003
+#: options of ``synthetic:affine:GLOB?key=value`` (keyword arguments of :class:`AffineLabelPairs`)
+AFFINE_PAIR_OPTIONS: dict[str, type] = {"field_of_view": float, "jitter": float}
 _SYNTHETIC = (ShapesPairs, LabelMapPairs, AffineLabelPairs)  # generated on the fly: validation = another seed
 
 
@@ -73,8 +76,10 @@ def _synthetic(spec: str, cfg: Any, seed: int, length: int) -> Dataset:
         if cfg.spacing is None or len(set(cfg.spacing)) != 1:
             raise DataError(f"data {spec!r} needs one isotropic data.spacing (e.g. [5, 5, 5]), got {cfg.spacing}")
         spacing = float(cfg.spacing[0])
-        return AffineLabelPairs(spec[len("synthetic:affine:"):], cfg.size, spacing, length=length, seed=seed,
-                                degrees=cfg.affine_degrees, scale=cfg.affine_scale, shift=cfg.affine_shift * spacing)
+        pattern, _, query = spec[len("synthetic:affine:"):].partition("?")
+        return AffineLabelPairs(pattern, cfg.size, spacing, length=length, seed=seed,
+                                degrees=cfg.affine_degrees, scale=cfg.affine_scale, shift=cfg.affine_shift * spacing,
+                                **_options(spec, query, AFFINE_PAIR_OPTIONS))
     raise DataError(f"unknown synthetic data {spec!r}: use synthetic:shapes, synthetic:labels:DIR or synthetic:affine:GLOB")
 
 
@@ -89,20 +94,25 @@ def _subjects(spec: str) -> tuple[list[Subject], list[tuple[Subject, Subject]] |
     raise DataError(f"data {spec!r} does not exist (a folder, a .csv, synthetic:shapes or synthetic:labels:DIR)")
 
 
-def _synth_settings(spec: str, query: str) -> SynthSettings:
-    """``key=value&key=value`` → :class:`SynthSettings` with those numbers replaced."""
-    fields = {f.name for f in dataclasses.fields(SynthSettings)}
+def _options(spec: str, query: str, known: dict[str, type]) -> dict[str, Any]:
+    """``key=value&key=value`` → ``{key: known[key](value)}``: numeric options of a data spec."""
     values: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, _, text = item.partition("=")
-        if key not in fields or key == "std_range":
-            raise DataError(f"data {spec!r}: unknown synthesis option {key!r}; known: "
-                            f"{', '.join(sorted(fields - {'std_range'}))}")
+        if key not in known:
+            raise DataError(f"data {spec!r}: unknown option {key!r}; known: {', '.join(sorted(known))}")
         try:
-            values[key] = type(getattr(SynthSettings, key))(float(text))
+            values[key] = known[key](float(text))
         except ValueError:
             raise DataError(f"data {spec!r}: option {key} needs a number, got {text!r}") from None
-    return SynthSettings(**values)
+    return values
+
+
+def _synth_settings(spec: str, query: str) -> SynthSettings:
+    """``key=value&key=value`` → :class:`SynthSettings` with those numbers replaced."""
+    known = {f.name: type(getattr(SynthSettings, f.name)) for f in dataclasses.fields(SynthSettings)
+             if f.name != "std_range"}
+    return SynthSettings(**_options(spec, query, known))
 
 
 def _synth_brain(spec: str, cfg: Any, seed: int, label_values: Any) -> Dataset:

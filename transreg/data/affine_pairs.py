@@ -39,6 +39,12 @@ __all__ = ["AffineLabelPairs", "ASEG_GROUPS", "BRAIN_LABEL_LIMIT", "centred_grid
 
 #: aseg labels below this are brain structures; SynthSeg's extra-cerebral labels are above
 BRAIN_LABEL_LIMIT = 100
+#: scanner field of view (``field_of_view`` > 0): a box side lies up to this many mm beyond the tissue,
+FOV_MARGIN = 30.0
+#: or cuts the tissue no closer than this many mm to the brain,
+FOV_BRAIN_MARGIN = 10.0
+#: and the background inside the box has a mean intensity up to this (tissue means are U(0, 1))
+FOV_BACKGROUND = 0.3
 #: the loss's label groups (group id = position + 1); other brain labels → "other brain",
 #: labels >= BRAIN_LABEL_LIMIT → "extra-cerebral"
 ASEG_GROUPS: dict[str, tuple[int, ...]] = {
@@ -74,6 +80,13 @@ def random_world_affine(centre: np.ndarray, gen: torch.Generator, degrees: float
     return out
 
 
+def _random_means(num_labels: int, gen: torch.Generator) -> Tensor:
+    """Per-label mean intensities ``U(0, 1)``, the background (label 0) dark: ``U(0, 0.1)``, as in scans."""
+    means = torch.rand(num_labels, generator=gen)
+    means[0] = 0.1 * float(torch.rand((), generator=gen))
+    return means
+
+
 def _group_table(values: np.ndarray) -> np.ndarray:
     """Group id (0 background, 1.. :data:`ASEG_GROUPS`) of each consecutive label."""
     names = list(ASEG_GROUPS)
@@ -93,7 +106,7 @@ class AffineLabelPairs(Dataset):
 
     def __init__(self, pattern: str, size: Sequence[int], spacing: float, length: int = 10_000, seed: int = 0,
                  degrees: float = 30.0, scale: float = 0.15, shift: float = 30.0, jitter: float = 10.0,
-                 subsample: int = 2):
+                 subsample: int = 2, field_of_view: float = 0.0):
         import nibabel as nib
 
         files = sorted(glob.glob(pattern))
@@ -105,6 +118,9 @@ class AffineLabelPairs(Dataset):
         self.length, self.seed = length, seed
         self.ranges = {"degrees": degrees, "scale": scale, "shift": shift}
         self.jitter = jitter
+        if not 0.0 <= field_of_view <= 1.0:
+            raise DataError(f"synthetic:affine option field_of_view is a probability in [0, 1], got {field_of_view}")
+        self.field_of_view = float(field_of_view)
         self.files = [Path(f) for f in files]
         volumes, self.grids = [], []
         for path in self.files:
@@ -142,20 +158,89 @@ class AffineLabelPairs(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _image(self, index: int, brain: bool, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One subject moved by a random affine (``fraction`` of the ranges), on its grid."""
-        centre = self.centres[(index, brain)]
-        ranges = {k: v * fraction for k, v in self.ranges.items()}
-        moved = random_world_affine(centre, gen, **ranges)
-        grid = centred_grid(moved[:3, :3] @ centre + moved[:3, 3] + _uniform(gen, 3, self.jitter),
-                            self.spacing, self.size)
+    def _labels_on(self, index: int, brain: bool, moved: np.ndarray, grid: Grid) -> Tensor:
+        """Subject ``index`` (skull-stripped when ``brain``) moved by the world map ``moved``, sampled on ``grid``."""
         coords = coordinates(voxel_map(grid, self.grids[index], np.linalg.inv(moved)), grid.shape)
         labels = sample(self.maps[index], coords, mode="nearest").long()
         if brain:
             labels[labels >= self.brain_limit] = 0
-        means = torch.rand(self.num_original, generator=gen)
-        means[0] = 0.1 * float(torch.rand((), generator=gen))  # dark background, as in scans
-        image = synthesize_image(labels, self.num_original, gen, means=means)
+        return labels
+
+    def _scanner_box(self, labels: Tensor, grid: Grid, gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A scan's field of view, world box ``(low, high)`` (RAS mm, ``(3,)`` each) around the
+        tissue of ``labels`` on ``grid``: each side either ``U(0, FOV_MARGIN)`` mm beyond the
+        tissue or (probability 1/2) cutting it between its edge and ``FOV_BRAIN_MARGIN`` mm
+        outside the brain (heads: neck or scalp cut off; brains: a tight box), each with one
+        voxel of slack."""
+        world = [grid.affine[a, 3] + grid.affine[a, a] * np.arange(n) for a, n in enumerate(grid.shape)]
+
+        def extent(mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
+            voxels = torch.nonzero(mask[0, 0]).numpy()
+            ends = [world[a][voxels[:, a]] for a in range(3)]
+            return np.array([e.min() for e in ends]), np.array([e.max() for e in ends])
+
+        # extents measured on a grid of ``spacing`` mm: one voxel of slack keeps them on every other grid
+        tissue_low, tissue_high = extent(labels > 0)
+        brain_low, brain_high = extent((labels > 0) & (labels < self.brain_limit))
+        cut = torch.rand(2, 3, generator=gen).numpy() < 0.5
+        beyond = self.spacing + torch.rand(2, 3, generator=gen).numpy() * FOV_MARGIN
+        where = torch.rand(2, 3, generator=gen).numpy()
+        brain_low, brain_high = brain_low - FOV_BRAIN_MARGIN - self.spacing, brain_high + FOV_BRAIN_MARGIN + self.spacing
+        cut_low = np.minimum(tissue_low + where[0] * np.maximum(brain_low - tissue_low, 0.0), brain_low)
+        cut_high = np.maximum(tissue_high - where[1] * np.maximum(tissue_high - brain_high, 0.0), brain_high)
+        return (np.where(cut[0], cut_low, tissue_low - beyond[0]), np.where(cut[1], cut_high, tissue_high + beyond[1]))
+
+    @staticmethod
+    def _inside(box: tuple[np.ndarray, np.ndarray] | None, grid: Grid) -> Tensor:
+        """``(1, 1, *S)`` float mask of ``grid``'s voxels inside the world box (all ones without a box)."""
+        mask = torch.ones((1, 1, *grid.shape))
+        if box is None:
+            return mask
+        for a, n in enumerate(grid.shape):
+            world = grid.affine[a, 3] + grid.affine[a, a] * np.arange(n)
+            keep = torch.as_tensor((world >= box[0][a]) & (world <= box[1][a]), dtype=torch.float32)
+            mask = mask * keep.view([n if b == a else 1 for b in range(-2, 3)])
+        return mask
+
+    def _centre_of_intensity(self, labels: Tensor, means: Tensor, inside: Tensor, grid: Grid) -> np.ndarray:
+        """World centre of mass (mm) of the noiseless image ``means[labels]`` within ``inside``."""
+        weights = (means[labels] * inside)[0, 0].double()
+        voxels = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid.shape],
+                                            indexing="ij"), dim=-1)
+        centre = (voxels * weights[..., None]).sum((0, 1, 2)) / weights.sum().clamp_min(1e-12)
+        return grid.affine[:3, :3] @ centre.numpy() + grid.affine[:3, 3]
+
+    def _scan_grid(self, index: int, brain: bool, moved: np.ndarray, head_centre: np.ndarray,
+                   gen: torch.Generator) -> tuple[Grid, Tensor, tuple[np.ndarray, np.ndarray] | None]:
+        """``(grid, label means, field-of-view box or None)`` of one image with ``field_of_view``:
+        the box with probability ``field_of_view``, the grid centred on the image's intensity
+        centre of mass ± ``jitter``, as the learned stage centres its inputs at inference."""
+        head_grid = centred_grid(head_centre, self.spacing, self.size)
+        labels = self._labels_on(index, brain, moved, head_grid)
+        means = _random_means(self.num_original, gen)
+        box = None
+        if float(torch.rand((), generator=gen)) < self.field_of_view:
+            box = self._scanner_box(labels, head_grid, gen)
+            means[0] = FOV_BACKGROUND * float(torch.rand((), generator=gen))
+        centre = self._centre_of_intensity(labels, means, self._inside(box, head_grid), head_grid)
+        return centred_grid(centre + _uniform(gen, 3, self.jitter), self.spacing, self.size), means, box
+
+    def _image(self, index: int, brain: bool, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One subject moved by a random affine (``fraction`` of the ranges), on its grid:
+        centred on the moved head (or brain) ± ``jitter`` or, with ``field_of_view``, as
+        :meth:`_scan_grid` places it, inside a scanner box of background (mean
+        ``U(0, FOV_BACKGROUND)``, zero outside) in a share ``field_of_view`` of the images."""
+        centre = self.centres[(index, brain)]
+        ranges = {k: v * fraction for k, v in self.ranges.items()}
+        moved = random_world_affine(centre, gen, **ranges)
+        head_centre = moved[:3, :3] @ centre + moved[:3, 3]
+        if self.field_of_view:
+            grid, means, box = self._scan_grid(index, brain, moved, head_centre, gen)
+        else:
+            grid, box = centred_grid(head_centre + _uniform(gen, 3, self.jitter), self.spacing, self.size), None
+            means = _random_means(self.num_original, gen)
+        labels = self._labels_on(index, brain, moved, grid)
+        image = synthesize_image(labels, self.num_original, gen, means=means) * self._inside(box, grid)
         return image[0], self.group_of[labels[0]]
 
     def __getitem__(self, key: int) -> dict[str, Tensor]:
