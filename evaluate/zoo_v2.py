@@ -163,10 +163,9 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
     the release folder ``train/releases/name/version`` (loadable from the Hub once
     ``transreg release`` has pushed it), ``zoo_cards/name.md`` and an index entry."""
     from transreg.zoo import cards
-    from transreg.zoo.checkpoint import count_parameters, read_config, sha256_file
-    from transreg.zoo.index import entry_record, load_index, write_index
-    from transreg.zoo.registry import PretrainedTag
-    from transreg.zoo.release import describe_folder, package_checkpoint
+    from transreg.zoo.checkpoint import count_parameters, read_config
+    from transreg.zoo.index import load_index
+    from transreg.zoo.release import ship_version
 
     rows = [(RESULTS / f"release_{name}" / dataset / "summary.csv", *card)
             for dataset, card in V1_CARD_DATASETS.items()]
@@ -180,7 +179,6 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
                    "folding": float(row["folding_percent_mean"]), "sdlogj": float(row["sdlogj_mean"]),
                    "dsc30": float(row["dsc30"])}
         evaluations.append(cards.EvalResult(label, metrics, dataset_id=slug, split=split))
-    arch = name.split(".")[0]
     hub_id = "transreg/" + name.replace("_", "-").replace(".", "-")
     config = read_config(staged)
     card = cards.card_from_config(
@@ -188,17 +186,9 @@ def release_package(name: str, version: str, staged: Path, recipe: str, summary:
         recipe=recipe, summary=summary, intended_use=INTENDED_USE, limitations=LIMITATIONS,
         extra_sections={"Training": training,
                         "Changelog": f"- {version} ({time.strftime('%Y-%m-%d')}): first release."})
-    folder = None if shipped else REPO / "train" / "releases" / name / version
-    package = package_checkpoint(staged, name, cards.render_card(card), folder=folder)
-    index = load_index()
-    where = {"local_path": f"assets/zoo/{name}"} if shipped else {}
-    extra = {**describe_folder(package), "recipe": recipe,
-             **({} if shipped else {"folder": package.relative_to(REPO).as_posix()})}
-    entry = PretrainedTag(arch=arch, tag=name.split(".", 1)[1], hf_hub_id=hub_id, version=version, revision=None,
-                          sha256=sha256_file(package / "model.safetensors"), extra=extra, **where)
-    index.entries = [e for e in index.entries if e.versioned_name != entry.versioned_name] + [entry]
-    write_index(index)
-    log(f"packaged {name} {version}: {package}, zoo_cards/{name}.md, index entry ({entry_record(entry)['size']} bytes)")
+    entry = ship_version(staged, name, version, hub_id, cards.render_card(card), recipe, load_index(), shipped=shipped)
+    log(f"packaged {name} {version}: {entry.local_path or entry.extra['folder']}, zoo_cards/{name}.md, index entry "
+        f"({entry.extra['size']} bytes of weights)")
 
 
 def compare(models: list[str], sets: list[str], baselines: bool, extra: list[str], cwd: Path,

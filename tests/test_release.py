@@ -101,10 +101,12 @@ def test_packaged_index_matches_the_shipped_checkpoints_and_their_cards():
     index = load_index(zoo_index.PACKAGED_INDEX)
     assert index.default == zoo_index.DEFAULT_CHECKPOINT and index.default in {e.name for e in index.entries}
     for entry in index.entries:
-        folder = PACKAGE_DIR / entry.local_path
+        # shipped in the package, or an older version waiting in its release folder for `transreg release`
+        folder = PACKAGE_DIR / entry.local_path if entry.local_path else SOURCE_ROOT / entry.extra["folder"]
         weights = folder / "model.safetensors"
         assert sha256_file(weights) == entry.sha256 and weights.stat().st_size == entry.extra["size"]
-        model = transreg.create_model(entry.versioned_name, pretrained=True)
+        source = entry.versioned_name if entry.local_path else f"local-dir:{folder}"
+        model = transreg.create_model(source, pretrained=True)
         assert entry.extra["parameters"] == sum(p.numel() for p in model.parameters())
         text = (folder / "README.md").read_text()
         check_hub_metadata(text, require_metrics=True)  # huggingface_hub's model-card validation
@@ -327,3 +329,35 @@ def test_package_checkpoint_ships_weights_config_and_one_card(tmp_path):
     assert unshipped == tmp_path / "src" / "releases" / "v2"
     assert (unshipped / "model.safetensors").read_bytes() == b"weights"
     assert (tmp_path / "src" / "zoo_cards" / "x.tag.md").read_text() == "# card 2\n"
+
+
+def test_shipping_a_new_version_moves_the_old_one_to_its_release_folder(tmp_path):
+    """The package holds one copy per name: v1.1.0 shipped moves v1.0.0's files, unchanged,
+    to train/releases/NAME/v1.0.0; the written index lists both, each loadable from its folder."""
+    from transreg.zoo.release import ship_version
+
+    package, source = tmp_path / "pkg", tmp_path / "src"
+    (source / "zoo_cards").mkdir(parents=True)
+    index = zoo_index.ZooIndex(entries=[], path=tmp_path / "index.json")
+    staged = {v: tiny_folder(tmp_path / "staged" / v, seed, v) for seed, v in ((0, "v1.0.0"), (1, "v1.1.0"))}
+    card = {v: (staged[v] / "README.md").read_text() for v in staged}
+    old = ship_version(staged["v1.0.0"], "transmorph_tiny.blobs", "v1.0.0", "org/tiny-blobs", card["v1.0.0"], RECIPE,
+                       index, package_dir=package, source_root=source)
+    assert old.local_path == "assets/zoo/transmorph_tiny.blobs"
+    new = ship_version(staged["v1.1.0"], "transmorph_tiny.blobs", "v1.1.0", "org/tiny-blobs", card["v1.1.0"], RECIPE,
+                       index, package_dir=package, source_root=source)
+    written = load_index(tmp_path / "index.json")
+    by_version = {e.version: e for e in written.entries}
+    assert set(by_version) == {"v1.0.0", "v1.1.0"}
+    moved = by_version["v1.0.0"]
+    assert moved.local_path is None and moved.extra["folder"] == "train/releases/transmorph_tiny.blobs/v1.0.0"
+    assert moved.sha256 == old.sha256 == sha256_file(source / moved.extra["folder"] / "model.safetensors")
+    assert by_version["v1.1.0"].local_path == new.local_path == "assets/zoo/transmorph_tiny.blobs"
+    assert sha256_file(package / new.local_path / "model.safetensors") == new.sha256 != old.sha256
+    assert by_version["v1.1.0"].extra["parameters"] == by_version["v1.0.0"].extra["parameters"] > 0
+    assert (source / "zoo_cards" / "transmorph_tiny.blobs.md").read_text() == card["v1.1.0"]
+    for folder, seed in ((source / moved.extra["folder"], 0), (package / new.local_path, 1)):
+        loaded = transreg.create_model(f"local-dir:{folder}", pretrained=True)
+        expected = tiny_folder(tmp_path / f"again{seed}", seed, "v1.0.0")
+        reference = transreg.create_model(f"local-dir:{expected}", pretrained=True)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))

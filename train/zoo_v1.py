@@ -15,14 +15,15 @@ Stages:
   evaluate  one `transreg compare` of every trained ARCH.synth_brain (+ identity, affine)
             on the SynthSeg test pairs (aseg30 Dice) and one on the HCP test pairs → RESULTS/
   package   per architecture: the gate (Dice ≥ affine + 0.08 and folding < 1 % on the
-            SynthSeg test pairs), the zoo card CARDS/ARCH.synth_brain.md, the checkpoint
+            SynthSeg test pairs), then `transreg.zoo.release.ship_version`: the checkpoint
             (config.json, model.safetensors in float32, README.md = the card) in
-            PACKAGE/ARCH.synth_brain/, and the PretrainedTag lines for transreg/zoo.py
-            (printed and written to RUNS/zoo_entries.py)
+            TREE/transreg/assets/zoo/ARCH.synth_brain/, the card in TREE/zoo_cards/ and the
+            index entry in TREE/transreg/zoo/index.json (an older shipped version moves to
+            TREE/train/releases/); `transreg release` then pushes it to the Hub
 
 A smoke run of the plumbing (never register its weights):
-    python train/zoo_v1.py --data /tmp/d --runs /tmp/r --results /tmp/res --cards /tmp/c \\
-        --package /tmp/p --steps 5 --set data.size=[48,56,48] --no-gate
+    python train/zoo_v1.py --data /tmp/d --runs /tmp/r --results /tmp/res --tree /tmp/t \\
+        --steps 5 --set data.size=[48,56,48] --no-gate
 """
 from __future__ import annotations
 
@@ -344,17 +345,28 @@ def make_card(arch: str, args: argparse.Namespace, results: dict[str, dict[str, 
         extra_sections={"Training": training_text, "Comparison with the baselines": comparison})
 
 
+def _tree_index(tree: Path):
+    """The zoo index of the source tree ``tree`` (a new, empty one for a smoke run's tree)."""
+    from transreg.zoo.index import ZooIndex, load_index
+
+    path = tree / "transreg" / "zoo" / "index.json"
+    if path.is_file():
+        return load_index(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (tree / "zoo_cards").mkdir(parents=True, exist_ok=True)
+    return ZooIndex(entries=[], path=path)
+
+
 def package(archs: list[str], args: argparse.Namespace) -> None:
     from transreg.zoo.cards import render_card
-    from transreg.zoo.checkpoint import sha256_file
+    from transreg.zoo.release import ship_version
 
     results = {key: read_summary(args.results / key / "summary.csv")
                for key in ("synthseg_test", "hcp_test") if (args.results / key / "summary.csv").is_file()}
     if "synthseg_test" not in results:
         sys.exit(f"zoo_v1: no {args.results}/synthseg_test/summary.csv: run the evaluate stage first")
     affine = float(results["synthseg_test"]["affine"]["dice_mean"])
-    entries, passed = [], []
-    args.cards.mkdir(parents=True, exist_ok=True)
+    index = _tree_index(args.tree)
     for arch in archs:
         name = checkpoint_name(arch)
         row = results["synthseg_test"].get(name)
@@ -368,32 +380,15 @@ def package(archs: list[str], args: argparse.Namespace) -> None:
         if not ok and not args.no_gate:
             continue
         card_text = render_card(make_card(arch, args, results, training_summary(args.runs / arch)))
-        (args.cards / f"{name}.md").write_text(card_text)
-        target = args.package / name
-        target.mkdir(parents=True, exist_ok=True)
-        source = args.runs / "checkpoints" / name
-        for fname in ("config.json", "model.safetensors"):
-            shutil.copyfile(source / fname, target / fname)
-        (target / "README.md").write_text(card_text)
-        digest = sha256_file(target / "model.safetensors")
-        try:
-            local = target.resolve().relative_to((REPO / "transreg").resolve()).as_posix()
-        except ValueError:
-            local = str(target.resolve())
-        entries.append(f"    PretrainedTag(arch={arch!r}, tag={TAG!r}, hf_hub_id={hub_id(args.hub_org, arch)!r}, "
-                       f"version={args.version!r}, revision=None, sha256={digest!r}, local_path={local!r}),")
-        passed.append((dice, name))
-    size_mb = sum(p.stat().st_size for p in args.package.rglob("*") if p.is_file()) / 2**20 if args.package.is_dir() else 0
-    log(f"package: {args.package} holds {size_mb:.1f} MB (limit {MAX_PACKAGE_MB} MB)")
+        entry = ship_version(args.runs / "checkpoints" / name, name, args.version, hub_id(args.hub_org, arch), card_text,
+                             "train/configs/zoo_v1.yaml", index, package_dir=args.tree / "transreg",
+                             source_root=args.tree)
+        log(f"{entry.versioned_name}: shipped in {entry.local_path}, index {index.path}")
+    shipped = args.tree / "transreg" / "assets" / "zoo"
+    size_mb = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file()) / 2**20 if shipped.is_dir() else 0
+    log(f"package: {shipped} holds {size_mb:.1f} MB (limit {MAX_PACKAGE_MB} MB)")
     if size_mb > MAX_PACKAGE_MB:
         sys.exit(f"zoo_v1: the packaged weights ({size_mb:.1f} MB) exceed {MAX_PACKAGE_MB} MB: store them in float16")
-    default = max(passed)[1] if passed else None
-    text = ("# transreg/zoo.py entries for zoo v1 (revision=None: not pushed to the Hub yet; after\n"
-            "# `transreg push DIR --repo-id ID --version VERSION --tag ARCH.TAG` use the printed revision)\n"
-            "PRETRAINED: tuple[PretrainedTag, ...] = (\n" + "\n".join(entries) + "\n)\n"
-            f"DEFAULT_CHECKPOINT: str | None = {default!r}  # best SynthSeg test Dice among the packaged\n")
-    (args.runs / "zoo_entries.py").write_text(text)
-    print(text, end="")
 
 
 # --------------------------------------------------------------------------- main
@@ -407,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench_2mm", help="evaluate/build_data.py output")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "zoo_v1", help="training runs")
     parser.add_argument("--results", type=Path, default=REPO / "evaluate" / "results" / "zoo_v1")
-    parser.add_argument("--cards", type=Path, default=REPO / "zoo_cards")
-    parser.add_argument("--package", type=Path, default=REPO / "transreg" / "assets" / "zoo")
+    parser.add_argument("--tree", type=Path, default=REPO,
+                        help="package: the source tree receiving the checkpoints (transreg/assets/zoo/), their "
+                             "index entries (transreg/zoo/index.json) and cards (zoo_cards/); a new one for smoke runs")
     parser.add_argument("--steps", type=int, default=None, help="override run.steps of a new run (smoke tests)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for new runs, e.g. data.size=[48,56,48] (smoke tests)")
@@ -422,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
-    for key in ("data", "runs", "results", "cards", "package"):
+    for key in ("data", "runs", "results", "tree"):
         setattr(args, key, getattr(args, key).resolve())
     stages = args.stages or list(STAGES)
     if "prepare" in stages or "train" in stages:

@@ -23,7 +23,7 @@ from .index import PACKAGE_DIR, SOURCE_ROOT, ZooIndex, write_index
 from .registry import PretrainedTag
 
 __all__ = ["ReleaseError", "ReleaseStep", "PACKAGE_DIR", "SOURCE_ROOT", "describe_folder", "package_checkpoint",
-           "plan_release", "release"]
+           "plan_release", "release", "ship_version"]
 
 RECIPE_NAME = "recipe.yaml"
 
@@ -69,6 +69,39 @@ def package_checkpoint(staged: Path, name: str, card_text: str, package_dir: Pat
     (target / CARD_NAME).write_text(card_text)
     (source_root / "zoo_cards" / f"{name}.md").write_text(card_text)
     return target
+
+
+def ship_version(staged: Path, name: str, version: str, hf_hub_id: str, card_text: str, recipe: str,
+                 index: ZooIndex, *, shipped: bool = True, package_dir: Path = PACKAGE_DIR,
+                 source_root: Path = SOURCE_ROOT) -> PretrainedTag:
+    """Add version ``version`` of ``name`` (``arch.tag``) to the zoo: the staged checkpoint with
+    its card into the package (``shipped``) or into the release folder
+    ``train/releases/<name>/<version>`` of the source tree, and its entry (weights' sha256,
+    size, parameters, the card's metrics, ``recipe``) into ``index``, which is written.
+
+    One copy of a name ships in the package, so a shipped version first moves the older
+    shipped versions of ``name`` to their release folders (index ``"folder"`` entries, pushed
+    to the Hub by :func:`release` and loadable from there by version) → the new entry."""
+    import shutil
+
+    releases = source_root / "train" / "releases" / name
+    for position, entry in enumerate(index.entries):
+        if entry.name == name and entry.local_path and entry.version != version:
+            target = releases / entry.version
+            shutil.copytree(package_dir / entry.local_path, target, dirs_exist_ok=True)
+            extra = {**entry.extra, "folder": target.relative_to(source_root).as_posix()}
+            index.entries[position] = replace(entry, local_path=None, extra=extra)
+    folder = package_checkpoint(staged, name, card_text, package_dir=package_dir, source_root=source_root,
+                                folder=None if shipped else releases / version)
+    where = {"local_path": folder.relative_to(package_dir).as_posix()} if shipped else {}
+    extra = {**describe_folder(folder), "recipe": recipe,
+             **({} if shipped else {"folder": folder.relative_to(source_root).as_posix()})}
+    arch, tag = name.split(".", 1)
+    entry = PretrainedTag(arch=arch, tag=tag, hf_hub_id=hf_hub_id, version=version, revision=None,
+                          sha256=sha256_file(folder / WEIGHTS_NAME), extra=extra, **where)
+    index.entries = [e for e in index.entries if e.versioned_name != entry.versioned_name] + [entry]
+    write_index(index)
+    return entry
 
 
 def describe_folder(folder: Path) -> dict[str, Any]:
